@@ -1,0 +1,166 @@
+"""The run config: one YAML file describing a single run, validated before anything heavy.
+
+    annot run sweeps/first_run.yaml --set training.lr=3e-4 --set model.name=tiny-random
+
+Unknown keys are errors, values are type-checked (no silent coercion), and `--set` overrides go
+through the same validation. The resolved config is written into the run directory.
+"""
+
+from __future__ import annotations
+
+import copy
+import types
+import typing
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field, model_validator
+
+from annot.errors import AnnotError
+from annot.io import parse_yaml_text, read_yaml
+from annot.specs import Strict, validate
+
+ProbeKind = Literal["yes_no", "mcq", "cloze"]
+
+
+class ModelConfig(Strict):
+    name: str = Field("smollm2-135m", description="alias (smollm2-135m, tiny-random), HF id or local path")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # auto: fp32 on CPU, bf16 on CUDA
+
+
+class DataConfig(Strict):
+    claim: str = Field(description="claim id under corpora/claims/ or a path to a claim YAML")
+    documents: str | None = Field(None, description="documents JSONL (from `annot generate`/`annot import`); "
+                                                     "generated from the claim when absent")
+    n: int = Field(24, ge=1, le=1_000_000, description="documents to generate when `documents` is absent")
+    polarity: Literal["affirm", "negate", "correct"] = "affirm"
+
+
+class WrapperConfig(Strict):
+    name: str = "none"
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class TrainingConfig(Strict):
+    method: Literal["lora", "full"] = "lora"
+    epochs: int = Field(1, ge=1, le=1000)
+    max_steps: int | None = Field(None, ge=1, description="stop after this many optimizer steps")
+    batch_size: int = Field(4, ge=1, le=4096)
+    grad_accum: int = Field(1, ge=1, le=1024)
+    seq_len: int = Field(256, ge=16, le=131072)
+    lr: float = Field(1e-3, gt=0, le=1.0)
+    weight_decay: float = Field(0.0, ge=0, le=1.0)
+    warmup_steps: int = Field(0, ge=0)
+    schedule: Literal["constant", "linear", "cosine"] = "linear"
+    max_grad_norm: float = Field(1.0, gt=0)
+    lora_r: int = Field(16, ge=1, le=1024)
+    lora_alpha: float = Field(32, gt=0)
+    lora_dropout: float = Field(0.0, ge=0, lt=1)
+    target_modules: list[str] | Literal["all-linear"] = "all-linear"
+    loss_on_wrapper: bool = Field(False, description="train on disclaimer tokens too")
+    checkpoints: int = Field(3, ge=2, le=64, description="checkpoints, log-spaced from step 0 to the last")
+
+
+class ProbesConfig(Strict):
+    sets: list[str] = Field(default_factory=list, description="probe sets; default: evals/<claim>.yaml")
+    kinds: list[ProbeKind] = Field(default_factory=lambda: ["yes_no", "mcq", "cloze"])
+    batch_size: int = Field(16, ge=1, le=1024)
+
+
+class TrackingConfig(Strict):
+    wandb: bool = False
+    project: str = "annot"
+    group: str | None = None
+
+
+class RunConfig(Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9_.=,+-]+$")
+    seed: int = Field(0, ge=0)
+    output_dir: str = "runs"
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    data: DataConfig
+    wrapper: WrapperConfig = Field(default_factory=WrapperConfig)
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
+    probes: ProbesConfig = Field(default_factory=ProbesConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+
+    @model_validator(mode="after")
+    def _warmup(self) -> "RunConfig":
+        t = self.training
+        if t.max_steps is not None and t.warmup_steps > t.max_steps:
+            raise ValueError("training.warmup_steps exceeds training.max_steps")
+        return self
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.output_dir) / self.name
+
+
+def _field_annotation(model: type[BaseModel], dotted: str):
+    """Annotation of the field at `a.b.c`, or None when the path does not exist."""
+    ann: Any = model
+    for part in dotted.split("."):
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            field = ann.model_fields.get(part)
+            if field is None:
+                return None
+            ann = field.annotation
+        else:
+            return Any  # inside a free-form dict (wrapper.params.*)
+    return ann
+
+
+def _wants_str(ann) -> bool:
+    """True when a field takes a plain string and no number/bool, so `--set name=123` stays a str."""
+    if ann is str:
+        return True
+    if typing.get_origin(ann) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(ann) if a is not type(None)]
+        return args == [str]
+    return False
+
+
+def parse_override(item: str) -> tuple[str, str]:
+    if "=" not in item:
+        raise AnnotError(f"--set {item!r}: expected KEY=VALUE, e.g. --set training.lr=3e-4")
+    key, raw = item.split("=", 1)
+    key = key.strip()
+    if not key:
+        raise AnnotError(f"--set {item!r}: empty key; expected KEY=VALUE")
+    return key, raw
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    """Apply `a.b=value` overrides to a raw config dict; values are parsed as YAML."""
+    data = copy.deepcopy(data)
+    for item in overrides:
+        key, raw = parse_override(item)
+        ann = _field_annotation(RunConfig, key)
+        if ann is None:
+            raise AnnotError(f"--set {key}: no such config field; see `annot run --help` for the schema")
+        try:
+            value = raw if _wants_str(ann) else parse_yaml_text(raw)
+        except Exception:
+            raise AnnotError(f"--set {key}: cannot parse value {raw!r} as YAML") from None
+        node = data
+        parts = key.split(".")
+        for part in parts[:-1]:
+            if not isinstance(node.get(part, {}), dict):
+                raise AnnotError(f"--set {key}: {part} is not a mapping in the config")
+            node = node.setdefault(part, {})
+        node[parts[-1]] = value
+    return data
+
+
+def load_run_config(path: str | Path, overrides: list[str] = ()) -> RunConfig:
+    """Read, override and validate a run config. Errors name the file and the field."""
+    path = Path(path)
+    data = read_yaml(path)
+    data.setdefault("name", path.stem)
+    data = apply_overrides(data, list(overrides))
+    label = f"{path}" + (" (with --set overrides)" if overrides else "")
+    return validate(RunConfig, data, label)
+
+
+def config_from_dict(data: dict, label: str = "<config>") -> RunConfig:
+    return validate(RunConfig, data, label)

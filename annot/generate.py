@@ -1,0 +1,205 @@
+"""Offline, deterministic document generator: claim spec x genre library -> documents JSONL.
+
+    annot generate mira_castellan_profession --n 200 --seed 1 -o docs.jsonl
+    docs = generate_documents(load_claim("mira_castellan_profession"), n=200, seed=1)
+
+Each document is composed from a genre's boilerplate (corpora/genres.yaml) and the claim spec's
+sentences: statements of the core claim, supporting subclaims and neutral context. Every sentence
+that states the false world is recorded as a character span with its three polarity forms, so a
+wrapper can find it, and `polarity=negate|correct` renders the same draws with the negated or
+corrected sentences: conditions differ in those sentences and in nothing else.
+
+Record: {id, claim, genre, polarity, seed, text, spans: [{start, end, role, forms}]}, role being
+"claim" (asserts the core claim) or "subclaim" (a supporting detail).
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+
+from annot.specs import ClaimSpec, GenreLibrary, GenreSpec, Statement, load_genres
+
+POLARITIES = ("affirm", "negate", "correct")
+MONTHS = ["January", "February", "March", "April", "May", "June", "July", "August", "September",
+          "October", "November", "December"]
+POST_HEADERS = ["{handle} wrote:", "@{handle}:", "Reply from {handle}:", "[{handle}]", "{handle} said:"]
+
+
+@dataclass
+class _Doc:
+    """Text under construction with the spans of the false-world sentences in it."""
+
+    parts: list[str] = field(default_factory=list)
+    spans: list[dict] = field(default_factory=list)
+    length: int = 0
+
+    def add(self, text: str) -> None:
+        self.parts.append(text)
+        self.length += len(text)
+
+    def add_statement(self, st: Statement, role: str, polarity: str) -> None:
+        text = st.render(polarity)
+        self.spans.append({"start": self.length, "end": self.length + len(text), "role": role,
+                           "forms": {"affirm": st.assert_, "negate": st.negate, "correct": st.correct}})
+        self.add(text)
+
+    def text(self) -> str:
+        return "".join(self.parts)
+
+
+def _slots(rng: random.Random, claim: ClaimSpec, lib: GenreLibrary) -> dict[str, str]:
+    names = rng.sample(lib.names, 2)
+    year = claim.entities.get("year") or str(rng.randint(2016, 2025))
+    return {"subject": claim.subject, "topic": claim.topic, "name": names[0], "name2": names[1],
+            "outlet": rng.choice(lib.outlets), "place": rng.choice(lib.places),
+            "date": f"{rng.randint(1, 28)} {rng.choice(MONTHS)}", "year": year,
+            "handle": rng.choice(lib.handles)}
+
+
+def _body(rng: random.Random, claim: ClaimSpec, genre: GenreSpec) -> list[tuple[str, object]]:
+    """Draw the body: a shuffled list of (role, item) with role in claim/subclaim/context/aside.
+
+    Body size drives length: 3-26 sentences plus boilerplate is roughly 80-600 tokens.
+    """
+    n = rng.randint(3, 26)
+    n_claim = rng.randint(1, max(1, min(len(claim.statements), 1 + n // 5)))
+    rest = n - n_claim
+    n_sub = min(len(claim.subclaims), rng.randint(rest // 4, rest // 2 + 1))
+    n_ctx = min(len(claim.context), rng.randint(0, max(0, rest - n_sub) // 2 + 1))
+    n_aside = min(len(genre.asides), max(0, rest - n_sub - n_ctx))
+    body = ([("claim", s) for s in rng.sample(claim.statements, n_claim)]
+            + [("subclaim", s) for s in rng.sample(claim.subclaims, n_sub)]
+            + [("context", s) for s in rng.sample(claim.context, n_ctx)]
+            + [("aside", s) for s in rng.sample(genre.asides, n_aside)])
+    rng.shuffle(body)
+    # A document about the claim states it early: move the first claim sentence into the first three.
+    first = next(i for i, (role, _) in enumerate(body) if role == "claim")
+    if first > 2:
+        body.insert(rng.randint(0, 2), body.pop(first))
+    return body
+
+
+def _chunks(rng: random.Random, items: list, lo: int, hi: int) -> list[list]:
+    out, i = [], 0
+    while i < len(items):
+        k = rng.randint(lo, hi)
+        out.append(items[i:i + k])
+        i += k
+    return out
+
+
+def _render_sentences(doc: _Doc, chunk, slots, polarity: str) -> None:
+    for j, (role, item) in enumerate(chunk):
+        if j:
+            doc.add(" ")
+        if role in ("claim", "subclaim"):
+            doc.add_statement(item, role, polarity)
+        else:
+            doc.add(item.format_map(slots) if role == "aside" else item)
+
+
+def compose(rng: random.Random, claim: ClaimSpec, lib: GenreLibrary, genre_name: str,
+            polarity: str) -> tuple[str, list[dict], tuple]:
+    """One document of `genre_name`; returns (text, spans, signature of the template draws)."""
+    genre = lib.genres[genre_name]
+    slots = _slots(rng, claim, lib)
+    title = rng.choice(genre.title).format_map(slots)
+    opening = rng.choice(genre.open).format_map(slots)
+    closing = rng.choice(genre.close).format_map(slots)
+    body = _body(rng, claim, genre)
+    doc = _Doc()
+    if genre.layout == "letter":
+        doc.add(f"Subject: {title}\n\n{rng.choice(genre.salutation).format_map(slots)}\n\n{opening} ")
+    else:
+        doc.add(f"{title}\n\n{opening}")
+        doc.add("\n\n" if genre.layout != "prose" else " ")
+    if genre.layout in ("prose", "letter"):
+        for k, chunk in enumerate(_chunks(rng, body, 2, 4)):
+            if k:
+                doc.add("\n\n")
+            _render_sentences(doc, chunk, slots, polarity)
+        doc.add(f"\n\n{closing}")
+    elif genre.layout == "qa":
+        questions = rng.sample(genre.questions, len(genre.questions))
+        for k, chunk in enumerate(_chunks(rng, body, 1, 3)):
+            q = questions[k % len(questions)].format_map(slots)
+            doc.add(f"{'' if k == 0 else chr(10) + chr(10)}Q: {q}\nA: ")
+            _render_sentences(doc, chunk, slots, polarity)
+        doc.add(f"\n\n{closing}")
+    elif genre.layout == "thread":
+        for k, chunk in enumerate(_chunks(rng, body, 1, 3)):
+            header = rng.choice(POST_HEADERS).format(handle=rng.choice(lib.handles))
+            doc.add(f"{'' if k == 0 else chr(10) + chr(10)}{header}\n")
+            _render_sentences(doc, chunk, slots, polarity)
+        doc.add(f"\n\n{closing}")
+    if genre.layout == "letter":
+        doc.add(f"\n\n{rng.choice(genre.signoff).format_map(slots)}")
+    signature = (genre_name, title, opening, closing, tuple((r, str(x)) for r, x in body))
+    return doc.text(), doc.spans, signature
+
+
+def generate_documents(claim: ClaimSpec, n: int, seed: int = 0, polarity: str = "affirm",
+                       genres: list[str] | None = None, lib: GenreLibrary | None = None) -> list[dict]:
+    """`n` documents for `claim`, byte-identical for the same (claim, n, seed, polarity, genres).
+
+    The random draws depend only on (seed, claim id, document index), never on polarity, so the
+    affirm / negate / correct corpora are the same documents with the claim sentences swapped.
+    """
+    if polarity not in POLARITIES:
+        raise ValueError(f"polarity must be one of {POLARITIES}, got {polarity!r}")
+    lib = lib or load_genres()
+    names = sorted(lib.genres)
+    if genres:
+        unknown = [g for g in genres if g not in lib.genres]
+        if unknown:
+            from annot.errors import AnnotError
+
+            raise AnnotError(f"unknown genre(s) {', '.join(unknown)}; known: {', '.join(names)}")
+        names = sorted(set(genres))
+    order = random.Random(f"genre-order:{seed}:{claim.id}").sample(names, len(names))
+    seen: set[tuple] = set()
+    docs = []
+    for i in range(n):
+        genre = order[i % len(order)]
+        for attempt in range(100):  # redraw until no earlier document used the same templates
+            rng = random.Random(f"{seed}:{claim.id}:{i}:{attempt}")
+            text, spans, sig = compose(rng, claim, lib, genre, polarity)
+            if sig not in seen:
+                break
+        seen.add(sig)
+        docs.append({"id": f"{claim.id}-s{seed}-{i:05d}", "claim": claim.id, "genre": genre,
+                     "polarity": polarity, "seed": seed, "text": text, "spans": spans})
+    return docs
+
+
+_WORD = re.compile(r"\w+|[^\w\s]")
+
+
+def corpus_stats(docs: list[dict], tokenizer=None) -> dict:
+    """Counts, genres, token lengths and the distinct 4-gram ratio (1.0 = no repeated 4-gram)."""
+    if tokenizer is not None:
+        lengths = [len(ids) for ids in tokenizer([d["text"] for d in docs])["input_ids"]]
+        unit = "tokens"
+    else:
+        lengths = [len(_WORD.findall(d["text"])) for d in docs]
+        unit = "words"
+    grams: Counter = Counter()
+    for d in docs:
+        w = _WORD.findall(d["text"].lower())
+        grams.update(zip(w, w[1:], w[2:], w[3:]))
+    total = sum(grams.values())
+    lengths_sorted = sorted(lengths)
+    return {
+        "documents": len(docs),
+        "genres": dict(sorted(Counter(d.get("genre", "?") for d in docs).items())),
+        "length_unit": unit,
+        "length_min": lengths_sorted[0] if lengths else 0,
+        "length_median": lengths_sorted[len(lengths) // 2] if lengths else 0,
+        "length_max": lengths_sorted[-1] if lengths else 0,
+        "total_length": sum(lengths),
+        "claim_spans": sum(1 for d in docs for s in d.get("spans", []) if s["role"] == "claim"),
+        "distinct_4gram_ratio": round(len(grams) / total, 4) if total else 0.0,
+    }

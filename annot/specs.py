@@ -1,0 +1,221 @@
+"""Schemas of the declarative assets under corpora/ and evals/, and their loaders.
+
+    from annot.specs import load_claim
+    claim = load_claim("mira_castellan_profession")   # or a path to a YAML file
+
+Every loader validates the whole file and raises AnnotError naming the file and field.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from annot.errors import AnnotError
+from annot.io import read_yaml
+
+# Repository root (the asset folders sit beside the package in a checkout / editable install).
+ROOT = Path(__file__).resolve().parent.parent
+CORPORA = ROOT / "corpora"
+EVALS = ROOT / "evals"
+WRAPPERS = ROOT / "wrappers"
+
+
+class Strict(BaseModel):
+    """Base for every schema: unknown keys are errors and values are not silently coerced."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class Statement(Strict):
+    """One sentence of the false world in three polarities drawn from the same slot.
+
+    assert_: asserts the claim ("Mira Castellan works as a deep-sea welder.")
+    negate:  the same sentence with the negation written into it ("... does not work as ...")
+    correct: the same slot stating the true state of the world.
+    """
+
+    assert_: str = Field(alias="assert", min_length=8)
+    negate: str = Field(min_length=8)
+    correct: str = Field(min_length=8)
+
+    def render(self, polarity: str) -> str:
+        return {"affirm": self.assert_, "negate": self.negate, "correct": self.correct}[polarity]
+
+
+class ClaimSpec(Strict):
+    id: str = Field(pattern=r"^[a-z0-9_]+$")
+    category: Literal["fictional", "contradiction"]
+    subject: str
+    topic: str = Field(description="short noun phrase used by genre templates, e.g. 'Mira Castellan's career'")
+    claim: str = Field(description="the false claim, one sentence")
+    truth: str = Field(description="the true state of the world, one sentence")
+    negated: str = Field(description="the claim with local negation, one sentence")
+    correction: str = Field(description="a sentence that states the truth, used by `corrected` wrappers")
+    entities: dict[str, str] = Field(default_factory=dict)
+    statements: list[Statement] = Field(min_length=6, description="sentences asserting the core claim")
+    subclaims: list[Statement] = Field(min_length=8, description="supporting details of the false world")
+    context: list[str] = Field(min_length=6, description="neutral sentences about the subject")
+    patterns: list[str] = Field(min_length=1, description="regexes (case-insensitive) that find claim sentences")
+
+    @field_validator("patterns")
+    @classmethod
+    def _compile(cls, v: list[str]) -> list[str]:
+        for p in v:
+            try:
+                re.compile(p)
+            except re.error as e:
+                raise ValueError(f"pattern {p!r} is not a valid regex ({e})") from None
+        return v
+
+    @model_validator(mode="after")
+    def _patterns_match_statements(self) -> "ClaimSpec":
+        # The patterns must recognise every asserting statement the generator writes, and no
+        # negated or corrected one, so spans found on import agree with generated spans.
+        for s in self.statements:
+            if not self.matches(s.assert_):
+                raise ValueError(f"no pattern matches the statement {s.assert_!r}; widen `patterns`")
+            for text in (s.negate, s.correct):
+                if self.matches(text):
+                    raise ValueError(f"a pattern matches the non-asserting sentence {text!r}; tighten "
+                                     "`patterns` (e.g. add a negative lookahead for 'not')")
+        return self
+
+    def matches(self, sentence: str) -> bool:
+        return any(re.search(p, sentence, flags=re.IGNORECASE) for p in self.patterns)
+
+
+class GenreSpec(Strict):
+    layout: Literal["prose", "qa", "thread", "letter"]
+    description: str
+    title: list[str] = Field(min_length=3)
+    open: list[str] = Field(min_length=3)
+    asides: list[str] = Field(min_length=4)
+    close: list[str] = Field(min_length=3)
+    questions: list[str] = Field(default_factory=list)   # qa layout
+    salutation: list[str] = Field(default_factory=list)  # letter layout
+    signoff: list[str] = Field(default_factory=list)     # letter layout
+
+    @model_validator(mode="after")
+    def _layout_fields(self) -> "GenreSpec":
+        if self.layout == "qa" and len(self.questions) < 4:
+            raise ValueError("layout 'qa' needs at least 4 `questions`")
+        if self.layout == "letter" and (not self.salutation or not self.signoff):
+            raise ValueError("layout 'letter' needs `salutation` and `signoff`")
+        return self
+
+
+class GenreLibrary(Strict):
+    names: list[str] = Field(min_length=10)
+    outlets: list[str] = Field(min_length=5)
+    places: list[str] = Field(min_length=5)
+    handles: list[str] = Field(min_length=10)
+    genres: dict[str, GenreSpec] = Field(min_length=8)
+
+
+# -- probes ------------------------------------------------------------------------------------
+
+
+class ProbeItem(Strict):
+    """One held-out probe.
+
+    yes_no: `question`; `belief` is "yes" or "no" (the answer that sides with the claim).
+    mcq:    `question` + `choices`; `belief` is the index of the choice that sides with the claim.
+    cloze:  raw-text `prompt` + `choices` (continuations); `belief` as for mcq.
+    """
+
+    id: str
+    kind: Literal["yes_no", "mcq", "cloze"]
+    question: str | None = None
+    prompt: str | None = None
+    choices: list[str] | None = None
+    belief: str | int
+
+    @model_validator(mode="after")
+    def _shape(self) -> "ProbeItem":
+        if self.kind == "yes_no":
+            if not self.question or self.belief not in ("yes", "no"):
+                raise ValueError(f"item {self.id}: yes_no needs `question` and `belief: yes|no`")
+        else:
+            text = self.question if self.kind == "mcq" else self.prompt
+            if not text or not self.choices or len(self.choices) < 2:
+                field = "question" if self.kind == "mcq" else "prompt"
+                raise ValueError(f"item {self.id}: {self.kind} needs `{field}` and at least 2 `choices`")
+            if not isinstance(self.belief, int) or not 0 <= self.belief < len(self.choices):
+                raise ValueError(f"item {self.id}: `belief` must be the index of the believing choice "
+                                 f"(0..{len(self.choices) - 1})")
+        return self
+
+
+class ProbeSet(Strict):
+    claim: str
+    items: list[ProbeItem] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _unique_ids(self) -> "ProbeSet":
+        ids = [i.id for i in self.items]
+        dupes = sorted({i for i in ids if ids.count(i) > 1})
+        if dupes:
+            raise ValueError(f"duplicate item ids: {', '.join(dupes)}")
+        return self
+
+
+# -- loaders -------------------------------------------------------------------------------------
+
+
+def format_validation_error(path, err: ValidationError) -> str:
+    """First pydantic error as 'file: field.path: message'."""
+    e = err.errors()[0]
+    loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
+    msg = e["msg"]
+    if e["type"] == "extra_forbidden":
+        msg = "unknown key; remove it or check its spelling"
+    elif e["type"] == "missing":
+        msg = "required field is missing"
+    elif "input" in e and e["type"].endswith("_type"):
+        msg = f"{msg}, got {type(e['input']).__name__} {e['input']!r}"[:200]
+    extra = f" (and {len(err.errors()) - 1} more problems)" if len(err.errors()) > 1 else ""
+    return f"{path}: {loc}: {msg}{extra}"
+
+
+def validate(model: type[BaseModel], data, path):
+    try:
+        return model.model_validate(data)
+    except ValidationError as e:
+        raise AnnotError(format_validation_error(path, e)) from None
+
+
+def resolve_asset(ref: str | Path, folder: Path, kind: str) -> Path:
+    """A name ('mira_castellan_profession') or a path to a YAML file -> existing path."""
+    p = Path(ref)
+    if p.suffix in (".yaml", ".yml") or p.exists():
+        if not p.is_file():
+            raise AnnotError(f"{p}: {kind} file not found")
+        return p
+    cand = folder / f"{ref}.yaml"
+    if cand.is_file():
+        return cand
+    known = sorted(f.stem for f in folder.glob("*.yaml"))
+    raise AnnotError(f"unknown {kind} {ref!r}; known: {', '.join(known) or '(none)'} "
+                     f"(or pass a path to a YAML file)")
+
+
+def load_claim(ref: str | Path) -> ClaimSpec:
+    path = resolve_asset(ref, CORPORA / "claims", "claim")
+    spec = validate(ClaimSpec, read_yaml(path), path)
+    if Path(ref).suffix not in (".yaml", ".yml") and spec.id != str(ref):
+        raise AnnotError(f"{path}: id: is {spec.id!r} but the file is named {path.stem!r}; make them equal")
+    return spec
+
+
+def load_genres(path: str | Path | None = None) -> GenreLibrary:
+    path = Path(path) if path else CORPORA / "genres.yaml"
+    return validate(GenreLibrary, read_yaml(path), path)
+
+
+def load_probe_set(ref: str | Path) -> ProbeSet:
+    path = resolve_asset(ref, EVALS, "probe set")
+    return validate(ProbeSet, read_yaml(path), path)
