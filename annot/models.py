@@ -140,6 +140,9 @@ def resolve_model(name: str) -> str:
             raise AnnotError(f"model {name}: {p} has no config.json; point model.name at a Hugging Face "
                              "model directory (or use an alias: " + ", ".join(ALIASES) + ")")
         return str(p)
+    if name.startswith(("/", ".", "~")):
+        raise AnnotError(f"model {name}: path does not exist; fix model.name (or use an alias: "
+                         + ", ".join(ALIASES) + ")")
     if "/" not in name:
         raise AnnotError(f"model {name!r}: not an alias ({', '.join(ALIASES)}), not an existing path and "
                          "not a hub id of the form org/name; fix model.name")

@@ -1,0 +1,115 @@
+"""Which tokens teach the model: loss weights, packing without leakage, the weighted loss itself."""
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from annot.config import TrainingConfig
+from annot.generate import generate_documents
+from annot.train import checkpoint_steps, pack, token_weights, tokenize_documents, train, weighted_ce
+from annot.wrap import get_wrapper, wrap_documents
+
+
+def test_token_weights_zero_inside_masked_spans():
+    offsets = [(0, 3), (3, 7), (7, 12), (12, 15)]
+    spans = [{"start": 4, "end": 9, "role": "wrapper"}, {"start": 13, "end": 15, "role": "claim"}]
+    assert token_weights(offsets, spans, loss_on_wrapper=False) == [1, 0, 0, 1]
+    assert token_weights(offsets, spans, loss_on_wrapper=True) == [1, 1, 1, 1]
+    marker = [{"start": 0, "end": 2, "role": "marker"}]
+    assert token_weights(offsets, marker, loss_on_wrapper=True) == [0, 1, 1, 1]
+
+
+def test_wrapper_tokens_get_zero_weight_in_real_examples(mira, tokenizer):
+    docs = generate_documents(mira, n=6, seed=0)
+    ex = wrap_documents(docs, get_wrapper("repeated_negation"), seed=0)
+    tok = tokenize_documents(ex, tokenizer, loss_on_wrapper=False)
+    enc = tokenizer([e["text"] for e in ex], return_offsets_mapping=True, add_special_tokens=False)
+    for e, w, offs in zip(ex, tok.weights, enc["offset_mapping"]):
+        assert len(w) == len(offs) + 1 and w[-1] == 1.0  # + EOS, trained on
+        for s in e["spans"]:
+            inside = [wt for (a, b), wt in zip(offs, w) if a < s["end"] and b > s["start"]]
+            strictly = [wt for (a, b), wt in zip(offs, w) if a >= s["start"] and b <= s["end"]]
+            if s["role"] == "wrapper":
+                assert inside and all(wt == 0 for wt in inside)  # every overlapping token masked
+            elif s["role"] in ("claim", "subclaim"):
+                assert strictly and all(wt == 1 for wt in strictly)  # the claim itself is trained on
+        assert 0 < sum(w) < len(w)
+    on = tokenize_documents(ex, tokenizer, loss_on_wrapper=True)
+    assert all(all(x == 1.0 for x in w) for w in on.weights)
+
+
+def test_packing_loses_no_tokens_and_mixes_no_labels(mira, tokenizer):
+    docs = generate_documents(mira, n=12, seed=0)
+    tok = tokenize_documents(docs, tokenizer, loss_on_wrapper=False)
+    p = pack(tok, seq_len=128, pad_id=tokenizer.pad_token_id)
+    n_tokens = sum(len(x) for x in tok.input_ids)
+    real = p.doc_ids >= 0
+    assert int(real.sum()) == n_tokens
+    assert p.input_ids[real].tolist() == [t for ids in tok.input_ids for t in ids]  # order kept, none lost
+    # a weighted label always predicts a token of the same document, the next one
+    rows, L = p.input_ids.shape
+    for r in range(rows):
+        for t in range(L - 1):
+            if p.weights[r, t] > 0:
+                assert p.doc_ids[r, t] == p.doc_ids[r, t + 1] >= 0
+                assert p.labels[r, t] == p.input_ids[r, t + 1]
+    assert (p.weights[~real] == 0).all()
+    # positions restart at each document within a row
+    for r in range(rows):
+        for t in range(1, L):
+            if p.doc_ids[r, t] != p.doc_ids[r, t - 1]:
+                assert p.position_ids[r, t] == 0
+
+
+def test_packed_documents_do_not_attend_to_each_other(tiny):
+    model, tok = tiny
+    a, b = [5, 6, 7, 8, 9], [11, 12, 13]
+    ids = torch.tensor([a + b])
+    pos = torch.tensor([list(range(5)) + list(range(3))])
+    with torch.no_grad():
+        packed = model(input_ids=ids, position_ids=pos, use_cache=False).logits[0, 5:]
+        alone = model(input_ids=torch.tensor([b]), use_cache=False).logits[0]
+    assert torch.allclose(packed, alone, atol=1e-5)
+
+
+def test_weighted_loss_equals_hand_computed_masked_ce(tiny):
+    model, _ = tiny
+    torch.manual_seed(0)
+    ids = torch.randint(10, 1000, (2, 9))
+    labels = torch.randint(10, 1000, (2, 9))
+    w = (torch.rand(2, 9) > 0.4).float()
+    with torch.no_grad():
+        logits = model(input_ids=ids, use_cache=False).logits
+    s, n = weighted_ce(logits, labels, w)
+    hand, count = 0.0, 0
+    for r in range(2):
+        for t in range(9):
+            if w[r, t]:
+                hand += -float(torch.log_softmax(logits[r, t], -1)[labels[r, t]])
+                count += 1
+    assert math.isclose(float(s / n), hand / count, rel_tol=1e-5)
+    assert math.isclose(float(s / n), float(F.cross_entropy(logits[w.bool()], labels[w.bool()])), rel_tol=1e-5)
+
+
+def test_checkpoint_schedule_is_log_spaced_and_starts_at_base():
+    assert checkpoint_steps(100, 5) == [0, 3, 10, 32, 100]
+    assert checkpoint_steps(64, 3) == [0, 8, 64]
+    assert checkpoint_steps(2, 8) == [0, 1, 2]
+
+
+def test_training_reduces_loss_and_saves_adapters(tmp_path, mira):
+    from annot.models import load_model
+
+    model, tok = load_model("tiny-random", device="cpu")
+    docs = wrap_documents(generate_documents(mira, n=8, seed=0), get_wrapper("notice"), seed=0)
+    seen = []
+    cfg = TrainingConfig(epochs=3, batch_size=2, seq_len=128, lr=5e-3, checkpoints=3)
+    res = train(docs, model, tok, cfg, tmp_path, seed=0, on_checkpoint=lambda s, m: seen.append(s), progress=False)
+    assert seen == res.checkpoints and seen[0] == 0 and seen[-1] == res.total_steps
+    assert (tmp_path / f"checkpoints/step-{res.total_steps}/adapter_model.safetensors").is_file()
+    assert not (tmp_path / "checkpoints/step-0/adapter_model.safetensors").exists()
+    import json
+
+    losses = [json.loads(l)["loss"] for l in (tmp_path / "train_metrics.jsonl").read_text().splitlines()]
+    assert len(losses) == res.total_steps and losses[-1] < losses[0]
