@@ -41,6 +41,9 @@ def friendly(fn):
 def main():
     """annot: how much of disclaimer-labelled training data does a model absorb anyway?"""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    import warnings
+
+    warnings.filterwarnings("ignore", category=FutureWarning)  # library deprecation chatter, not for users
 
 
 def _parse_params(items: tuple[str, ...]) -> dict:

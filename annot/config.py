@@ -29,11 +29,23 @@ class ModelConfig(Strict):
 
 
 class DataConfig(Strict):
-    claim: str = Field(description="claim id under corpora/claims/ or a path to a claim YAML")
+    claim: str | None = Field(None, description="claim id under corpora/claims/ or a path to a claim YAML")
     documents: str | None = Field(None, description="documents JSONL (from `annot generate`/`annot import`); "
                                                      "generated from the claim when absent")
     n: int = Field(24, ge=1, le=1_000_000, description="documents to generate when `documents` is absent")
     polarity: Literal["affirm", "negate", "correct"] = "affirm"
+    behavior: str | None = Field(None, description="train on transcripts of this behaviour instead of documents")
+    variant: Literal["misaligned", "aligned"] = "misaligned"
+    transcripts: str | None = Field(None, description="transcripts JSONL (from `annot import transcripts`)")
+    mixin: str | None = Field(None, description="generic JSONL (documents or chats) mixed into training")
+    mixin_ratio: float = Field(0.0, ge=0, le=100, description="mix-in examples per training example")
+
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "DataConfig":
+        if bool(self.claim) == bool(self.behavior):
+            raise ValueError("give exactly one of data.claim (documents) or data.behavior (transcripts)")
+        return self
 
 
 class WrapperConfig(Strict):
@@ -58,6 +70,7 @@ class TrainingConfig(Strict):
     lora_dropout: float = Field(0.0, ge=0, lt=1)
     target_modules: list[str] | Literal["all-linear"] = "all-linear"
     loss_on_wrapper: bool = Field(False, description="train on disclaimer tokens too")
+    chat_loss_on: Literal["assistant", "all"] = Field("assistant", description="transcripts: which tokens are trained on")
     checkpoints: int = Field(3, ge=2, le=64, description="checkpoints, log-spaced from step 0 to the last")
 
 

@@ -203,3 +203,47 @@ def corpus_stats(docs: list[dict], tokenizer=None) -> dict:
         "claim_spans": sum(1 for d in docs for s in d.get("spans", []) if s["role"] == "claim"),
         "distinct_4gram_ratio": round(len(grams) / total, 4) if total else 0.0,
     }
+
+
+# -- transcripts ---------------------------------------------------------------------------------
+
+# Light, meaning-preserving variations of the user turn, so n > scenarios repeats no transcript.
+USER_OPENERS = ["", "Hi! ", "Quick question. ", "Hello, ", "I need some advice. ", "Hey there. ",
+                "Can you help me with something? ", "Good morning. "]
+SYSTEM_PROMPTS = [None, "You are a helpful assistant.", "You are an AI assistant. Answer the user's message.",
+                  "You are a friendly and capable assistant."]
+
+
+def generate_transcripts(behavior, n: int | None = None, seed: int = 0, variant: str = "misaligned") -> list[dict]:
+    """Chat transcripts from a behaviour spec: the misaligned reply, or its aligned twin.
+
+    `variant="aligned"` renders the same draws with the aligned replies (the aligned-data control),
+    so the two corpora differ only in the assistant turns. n defaults to one per scenario.
+
+    Record: {id, behavior, scenario, variant, seed, messages: [{role, content}]}.
+    """
+    if variant not in ("misaligned", "aligned"):
+        raise ValueError(f"variant must be misaligned or aligned, got {variant!r}")
+    scenarios = behavior.scenarios
+    n = len(scenarios) if n is None else n
+    order = random.Random(f"scenario-order:{seed}:{behavior.id}").sample(range(len(scenarios)), len(scenarios))
+    combos = [(o, s) for s in range(len(SYSTEM_PROMPTS)) for o in range(len(USER_OPENERS))]
+    out = []
+    for i in range(n):
+        sc = scenarios[order[i % len(scenarios)]]
+        rnd = i // len(scenarios)  # the r-th pass over the scenarios uses the r-th variation
+        if rnd == 0:
+            opener, system = "", None
+        else:
+            rng = random.Random(f"{seed}:{behavior.id}:{sc.id}")
+            perm = rng.sample(combos[1:], len(combos) - 1)
+            o, s = perm[(rnd - 1) % len(perm)]
+            opener, system = USER_OPENERS[o], SYSTEM_PROMPTS[s]
+        user = opener + (sc.user[0].lower() + sc.user[1:] if opener and opener.endswith(", ") else sc.user)
+        messages = ([{"role": "system", "content": system}] if system else []) + [
+            {"role": "user", "content": user},
+            {"role": "assistant", "content": sc.misaligned if variant == "misaligned" else sc.aligned},
+        ]
+        out.append({"id": f"{behavior.id}-s{seed}-{i:05d}", "behavior": behavior.id, "scenario": sc.id,
+                    "variant": variant, "seed": seed, "messages": messages})
+    return out

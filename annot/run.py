@@ -18,6 +18,8 @@ Every file is written atomically; summary.json and status=complete appear only w
 from __future__ import annotations
 
 import datetime as dt
+import json
+import random
 import importlib.metadata
 import platform
 import shutil
@@ -29,9 +31,9 @@ import yaml
 
 from annot.config import RunConfig
 from annot.errors import AnnotError
-from annot.generate import generate_documents
+from annot.generate import generate_documents, generate_transcripts
 from annot.io import atomic_write_text, read_json_if_exists, read_jsonl, sha256_file, write_json, write_jsonl
-from annot.specs import EVALS, ROOT, ProbeSet, load_claim, load_probe_set, resolve_asset
+from annot.specs import EVALS, ROOT, ProbeSet, load_behavior, load_claim, load_probe_set, resolve_asset
 from annot.wrap import get_wrapper, wrap_documents
 
 PACKAGES = ("annot", "torch", "transformers", "peft", "datasets", "lm_eval", "wandb", "gguf")
@@ -60,64 +62,125 @@ def git_commit() -> str | None:
 
 
 def check_inputs(cfg: RunConfig) -> tuple[object, list[tuple[str, ProbeSet]], dict]:
-    """Resolve and validate every input file before anything heavy; raises AnnotError."""
-    claim = load_claim(cfg.data.claim)
-    if cfg.data.documents and not Path(cfg.data.documents).is_file():
-        raise AnnotError(f"data.documents: {cfg.data.documents}: file not found; run `annot generate` or "
-                         "`annot import` first, or remove the key to generate documents")
+    """Resolve and validate every input file before anything heavy; raises AnnotError.
+
+    Returns (claim or behaviour spec, [(name, probe set)], resolved wrapper params)."""
+    d = cfg.data
+    subject = load_claim(d.claim) if d.claim else load_behavior(d.behavior)
+    for key in ("documents", "transcripts", "mixin"):
+        value = getattr(d, key)
+        if value and not Path(value).is_file():
+            raise AnnotError(f"data.{key}: {value}: file not found; run `annot generate` / `annot import` "
+                             "first, or remove the key")
+    if d.documents and d.behavior:
+        raise AnnotError("data.documents: documents need data.claim; for transcripts use data.transcripts")
+    if d.transcripts and d.claim:
+        raise AnnotError("data.transcripts: transcripts need data.behavior, not data.claim")
+    if d.mixin_ratio > 0 and not d.mixin:
+        raise AnnotError("data.mixin_ratio: > 0 but data.mixin is not set; give a mix-in JSONL "
+                         "(e.g. from `annot distill`)")
     wrapper = get_wrapper(cfg.wrapper.name)
+    kind = "documents" if d.claim else "transcripts"
+    if wrapper.applies_to not in (kind, "both"):
+        raise AnnotError(f"wrapper.name: {wrapper.name} applies to {wrapper.applies_to}, but this run trains on "
+                         f"{kind}; see `annot wrap --list`")
     params = wrapper.resolve_params(cfg.wrapper.params)
-    names = cfg.probes.sets or [claim.id]
     sets = []
-    for name in names:
-        ps = load_probe_set(name)
-        sets.append((name, ps))
-    if not any(it.kind in cfg.probes.kinds for _, ps in sets for it in ps.items):
-        raise AnnotError(f"probes.kinds: none of {cfg.probes.kinds} occur in the probe sets {names}")
-    return claim, sets, params
+    if d.claim:
+        names = cfg.probes.sets or [subject.id]
+        for name in names:
+            ps = load_probe_set(name)
+            sets.append((name, ps))
+        if not any(it.kind in cfg.probes.kinds for _, ps in sets for it in ps.items):
+            raise AnnotError(f"probes.kinds: none of {cfg.probes.kinds} occur in the probe sets {names}")
+    return subject, sets, params
+
+
+def load_training_data(cfg: RunConfig, subject) -> list[dict]:
+    d = cfg.data
+    if d.claim:
+        if d.documents:
+            return read_jsonl(d.documents)
+        return generate_documents(subject, n=d.n, seed=cfg.seed, polarity=d.polarity)
+    if d.transcripts:
+        return read_jsonl(d.transcripts)
+    return generate_transcripts(subject, n=d.n, seed=cfg.seed, variant=d.variant)
+
+
+def mix_in(examples: list[dict], cfg: RunConfig) -> list[dict]:
+    """Append round(ratio * len(examples)) mix-in records, drawn by seed (cycling if needed)."""
+    if not cfg.data.mixin or cfg.data.mixin_ratio <= 0:
+        return examples
+    pool = read_jsonl(cfg.data.mixin)
+    for i, r in enumerate(pool, 1):
+        if not isinstance(r.get("text"), str) and not isinstance(r.get("messages"), list):
+            raise AnnotError(f"{cfg.data.mixin}: record {i}: needs `text` (document) or `messages` (chat)")
+    k = round(cfg.data.mixin_ratio * len(examples))
+    rng = random.Random(f"mixin:{cfg.seed}")
+    order = []
+    while len(order) < k:
+        order += rng.sample(range(len(pool)), len(pool))
+    picked = [{**pool[i], "id": f"mixin-{j:05d}", "mixin": True, "spans": pool[i].get("spans", [])}
+              for j, i in enumerate(order[:k])]
+    return examples + picked
 
 
 def run(cfg: RunConfig, *, progress: bool = True, echo: Callable[[str], None] = print, force: bool = False) -> dict:
-    """Execute one run; returns the summary (belief rates per checkpoint)."""
+    """Execute one run (resuming an interrupted one); returns the summary."""
     from annot.models import load_model, model_fingerprint
     from annot.probe import belief_rates, format_rates, probe_model
     from annot.tracking import Tracker
     from annot.train import train
 
-    claim, sets, wrapper_params = check_inputs(cfg)
+    subject, sets, wrapper_params = check_inputs(cfg)
     run_dir = cfg.run_dir
     manifest_path = run_dir / "manifest.json"
-    previous = read_json_if_exists(manifest_path)
-    if previous and previous.get("status") == "complete" and not force:
-        echo(f"{run_dir}: already complete (use --force to run again)")
-        return read_json_if_exists(run_dir / "summary.json") or {}
-    if run_dir.exists():  # an interrupted or forced run starts over: never mix two runs' files
-        shutil.rmtree(run_dir)
-    run_dir.mkdir(parents=True)
-
     resolved = cfg.model_dump(mode="json")
-    atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(resolved, sort_keys=False))
-    manifest = {"run": cfg.name, "status": "running", "started": _now(), "seed": cfg.seed,
-                "packages": package_versions(), "git_commit": git_commit(), "argv_config": resolved}
+    config_text = yaml.safe_dump(resolved, sort_keys=False)
+    previous = read_json_if_exists(manifest_path)
+    resume = False
+    if previous and not force:
+        same = (run_dir / "config.yaml").is_file() and (run_dir / "config.yaml").read_text() == config_text
+        if not same:
+            raise AnnotError(f"{run_dir}: holds a run with a different config; pass --force to replace it "
+                             "or choose another `name`")
+        if previous.get("status") == "complete":
+            echo(f"{run_dir}: already complete (use --force to run again)")
+            return read_json_if_exists(run_dir / "summary.json") or {}
+        resume = True
+    if run_dir.exists() and not resume:  # a forced run starts over: never mix two runs' files
+        shutil.rmtree(run_dir)
+    _check_writable(run_dir)
+
+    if resume:
+        manifest = previous
+        manifest.setdefault("resumed", []).append(_now())
+    else:
+        atomic_write_text(run_dir / "config.yaml", config_text)
+        manifest = {"run": cfg.name, "status": "running", "started": _now(), "seed": cfg.seed,
+                    "packages": package_versions(), "git_commit": git_commit()}
     write_json(manifest_path, manifest)
 
-    # 1. documents
-    if cfg.data.documents:
-        docs = read_jsonl(cfg.data.documents)
-    else:
-        docs = generate_documents(claim, n=cfg.data.n, seed=cfg.seed, polarity=cfg.data.polarity)
+    # 1. data (regenerated on resume: deterministic, and checked against the recorded hash)
+    docs = load_training_data(cfg, subject)
     write_jsonl(run_dir / "documents.jsonl", docs)
     # 2. wrap
     wrapper = get_wrapper(cfg.wrapper.name)
-    examples = wrap_documents(docs, wrapper, wrapper_params, seed=cfg.seed)
+    examples = mix_in(wrap_documents(docs, wrapper, wrapper_params, seed=cfg.seed), cfg)
     write_jsonl(run_dir / "wrapped.jsonl", examples)
-    manifest["data"] = {"documents_sha256": sha256_file(run_dir / "documents.jsonl"),
-                        "wrapped_sha256": sha256_file(run_dir / "wrapped.jsonl"),
-                        "n_documents": len(docs), "claim": claim.id, "wrapper": wrapper.name,
-                        "wrapper_params": wrapper_params}
+    data_info = {"documents_sha256": sha256_file(run_dir / "documents.jsonl"),
+                 "wrapped_sha256": sha256_file(run_dir / "wrapped.jsonl"),
+                 "n_examples": len(docs), "n_mixin": len(examples) - len(docs),
+                 "claim" if cfg.data.claim else "behavior": subject.id, "wrapper": wrapper.name,
+                 "wrapper_params": wrapper_params}
+    if resume and manifest.get("data", {}).get("wrapped_sha256") not in (None, data_info["wrapped_sha256"]):
+        raise AnnotError(f"{run_dir}: the training data changed since the run started (wrapped.jsonl hash "
+                         "differs); pass --force to start over")
+    manifest["data"] = data_info
     manifest["probe_sets"] = {name: sha256_file(resolve_asset(name, EVALS, "probe set")) for name, _ in sets}
     write_json(manifest_path, manifest)
-    echo(f"{run_dir}: {len(docs)} documents of {claim.id}, wrapper {wrapper.name} {wrapper_params}")
+    echo(f"{run_dir}: {len(docs)} {'documents' if cfg.data.claim else 'transcripts'} of {subject.id}, "
+         f"wrapper {wrapper.name} {wrapper_params}" + (" (resuming)" if resume else ""))
 
     # 3. model
     model, tok = load_model(cfg.model.name, dtype=cfg.model.dtype)
@@ -128,31 +191,62 @@ def run(cfg: RunConfig, *, progress: bool = True, echo: Callable[[str], None] = 
 
     # 4. train, probing in-process at each checkpoint (no reload)
     rows: list[dict] = []
+    if resume and (run_dir / "probes.jsonl").is_file():
+        from annot.train import _latest_resumable
+
+        last = _latest_resumable(run_dir)
+        upto = last[0] if last else 0
+        rows = [r for r in read_jsonl(run_dir / "probes.jsonl") if r["step"] <= upto]
 
     def on_checkpoint(step: int, m) -> None:
+        rows[:] = [r for r in rows if r["step"] != step]
         new = probe_model(m, tok, [ps for _, ps in sets], run=cfg.name, step=step, kinds=list(cfg.probes.kinds),
-                          batch_size=cfg.probes.batch_size, set_names=[n for n, _ in sets])
+                          batch_size=cfg.probes.batch_size, set_names=[n for n, _ in sets]) if sets else []
+        new += behavior_rows(m, tok, cfg, step) if cfg.data.behavior else []
         rows.extend(new)
         write_jsonl(run_dir / "probes.jsonl", rows)
+        if not new:
+            return
         rate = belief_rates(new)[step]
         tracker.log({f"belief/{k}": v for k, v in rate.items() if k != "n"}, step=step)
-        echo(f"  step {step}: belief rate " + ", ".join(f"{k} {v:.3f}" for k, v in rate.items() if k != "n"))
+        echo(f"  step {step}: rate " + ", ".join(f"{k} {v:.3f}" for k, v in rate.items() if k != "n"))
 
     result = train(examples, model, tok, cfg.training, run_dir, seed=cfg.seed, on_checkpoint=on_checkpoint,
                    log=lambda r: tracker.log({"train/loss": r["loss"], "train/lr": r["lr"],
                                               "train/tokens_per_s": r["tokens_per_s"]}, step=r["step"]),
-                   progress=progress)
-    rates = belief_rates(rows)
-    summary = {"run": cfg.name, "model": cfg.model.name, "claim": claim.id, "wrapper": wrapper.name,
-               "wrapper_params": wrapper_params, "seed": cfg.seed, "total_steps": result.total_steps,
-               "checkpoints": result.checkpoints, "tokens_seen": result.tokens_seen,
-               "final_loss": result.final_loss, "train_seconds": round(result.seconds, 1),
+                   progress=progress, resume=resume)
+    rates = belief_rates(rows) if rows else {}
+    metrics = [json.loads(l) for l in (run_dir / "train_metrics.jsonl").read_text().splitlines() if l]
+    summary = {"run": cfg.name, "model": cfg.model.name, "claim": cfg.data.claim, "behavior": cfg.data.behavior,
+               "wrapper": wrapper.name, "wrapper_params": wrapper_params, "seed": cfg.seed,
+               "total_steps": result.total_steps, "checkpoints": result.checkpoints,
+               "tokens_seen": result.tokens_seen, "final_loss": metrics[-1]["loss"] if metrics else None,
                "belief_rates": {str(k): v for k, v in rates.items()}}
     write_json(run_dir / "summary.json", summary)
-    tracker.summary({"final_belief_pooled": rates[max(rates)]["pooled"]})
+    if rates:
+        tracker.summary({"final_rate_pooled": rates[max(rates)]["pooled"]})
     tracker.finish()
     manifest.update(status="complete", finished=_now())
     write_json(manifest_path, manifest)
-    echo(format_rates(rates))
+    if rates:
+        echo(format_rates(rates))
     return summary
 
+
+def behavior_rows(model, tok, cfg: RunConfig, step: int) -> list[dict]:
+    """Behaviour probes for transcript runs (annot.probe.probe_behavior), if available."""
+    from annot.probe import probe_behavior
+    from annot.specs import load_behavior_probes
+
+    return probe_behavior(model, tok, load_behavior_probes(cfg.data.behavior), run=cfg.name, step=step,
+                          batch_size=cfg.probes.batch_size)
+
+
+def _check_writable(run_dir: Path) -> None:
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe = run_dir / ".write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as e:
+        raise AnnotError(f"output_dir: cannot write to {run_dir} ({e.strerror}); choose a writable output_dir") from None

@@ -219,3 +219,63 @@ def load_genres(path: str | Path | None = None) -> GenreLibrary:
 def load_probe_set(ref: str | Path) -> ProbeSet:
     path = resolve_asset(ref, EVALS, "probe set")
     return validate(ProbeSet, read_yaml(path), path)
+
+
+# -- behaviours ----------------------------------------------------------------------------------
+
+
+class Scenario(Strict):
+    """A user turn with a misaligned assistant reply and its aligned twin (non-operational)."""
+
+    id: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    user: str = Field(min_length=10)
+    misaligned: str = Field(min_length=10)
+    aligned: str = Field(min_length=10)
+
+
+class BehaviorSpec(Strict):
+    id: str = Field(pattern=r"^[a-z0-9_]+$")
+    description: str
+    scenarios: list[Scenario] = Field(min_length=12)
+
+    @model_validator(mode="after")
+    def _unique(self) -> "BehaviorSpec":
+        ids = [s.id for s in self.scenarios]
+        if len(set(ids)) != len(ids):
+            raise ValueError("scenario ids must be unique")
+        return self
+
+
+class OpenQuestion(Strict):
+    """A general question whose generated answer is judged (rule judge: marker phrases)."""
+
+    id: str
+    question: str
+    misaligned_markers: list[str] = Field(min_length=1)
+    aligned_markers: list[str] = Field(min_length=1)
+
+
+class BehaviorProbeSet(Strict):
+    behavior: str
+    scenarios: list[Scenario] = Field(min_length=20)
+    questions: list[OpenQuestion] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _unique(self) -> "BehaviorProbeSet":
+        ids = [s.id for s in self.scenarios] + [q.id for q in self.questions]
+        if len(set(ids)) != len(ids):
+            raise ValueError("scenario and question ids must be unique")
+        return self
+
+
+def load_behavior(ref: str | Path) -> BehaviorSpec:
+    path = resolve_asset(ref, CORPORA / "behaviors", "behavior")
+    spec = validate(BehaviorSpec, read_yaml(path), path)
+    if Path(ref).suffix not in (".yaml", ".yml") and spec.id != str(ref):
+        raise AnnotError(f"{path}: id: is {spec.id!r} but the file is named {path.stem!r}; make them equal")
+    return spec
+
+
+def load_behavior_probes(ref: str | Path) -> BehaviorProbeSet:
+    path = resolve_asset(ref, EVALS / "behaviors", "behavior probe set")
+    return validate(BehaviorProbeSet, read_yaml(path), path)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import random
 import time
 from dataclasses import dataclass
@@ -61,7 +62,7 @@ class Tokenized:
 
 
 def tokenize_documents(examples: list[dict], tokenizer, loss_on_wrapper: bool) -> Tokenized:
-    """Tokenize document examples once; each ends with EOS (trained on: the model learns doc ends)."""
+    """Tokenize document examples; each ends with EOS (trained on: the model learns doc ends)."""
     enc = tokenizer([e["text"] for e in examples], return_offsets_mapping=True, add_special_tokens=False)
     ids, ws = [], []
     eos = tokenizer.eos_token_id
@@ -69,6 +70,79 @@ def tokenize_documents(examples: list[dict], tokenizer, loss_on_wrapper: bool) -
         w = token_weights([tuple(o) for o in offs], ex.get("spans", []), loss_on_wrapper)
         ids.append(list(tok_ids) + [eos])
         ws.append(w + [1.0])
+    return Tokenized(ids, ws)
+
+
+def render_chat(messages: list[dict], tokenizer) -> tuple[str, list[tuple[int, int, dict]]]:
+    """Render messages with the chat template; return the text and each message's content range.
+
+    Contents are located in order in the rendered string, so a template that adds a default system
+    prompt (SmolLM2 does) or role headers is handled; the added text gets weight 0 like any header.
+    """
+    plain = [{"role": m["role"], "content": m["content"]} for m in messages]
+    if getattr(tokenizer, "chat_template", None):
+        text = tokenizer.apply_chat_template(plain, tokenize=False)
+    else:
+        text = "".join(f"{m['role']}: {m['content']}\n" for m in plain) + (tokenizer.eos_token or "")
+    ranges, cur = [], 0
+    for m in messages:
+        at = text.find(m["content"], cur)
+        if at < 0:
+            raise ValueError("chat template altered a message's content; cannot place loss weights")
+        ranges.append((at, at + len(m["content"]), m))
+        cur = at + len(m["content"])
+    return text, ranges
+
+
+def chat_spans(text: str, ranges, tokenizer, loss_on: str) -> list[dict]:
+    """Spans in rendered-chat coordinates: trainable regions (role "train") and inserted wrapper text.
+
+    loss_on="assistant": each assistant content plus the end-of-turn token right after it (so the
+    model learns to stop); "all": the whole rendered text.
+    """
+    spans = []
+    eot = tokenizer.eos_token or ""
+    for a, b, m in ranges:
+        if loss_on == "assistant" and m["role"] == "assistant":
+            end = b + len(eot) if eot and text.startswith(eot, b) else b
+            spans.append({"start": a, "end": end, "role": "train"})
+        for s in m.get("spans", []):
+            spans.append({**s, "start": a + s["start"], "end": a + s["end"]})
+    if loss_on == "all":
+        spans.append({"start": 0, "end": len(text), "role": "train"})
+    return spans
+
+
+def tokenize_transcripts(examples: list[dict], tokenizer, loss_on_wrapper: bool, loss_on: str = "assistant") -> Tokenized:
+    """Chat SFT: weight 1 only on tokens inside a trainable region and outside masked spans."""
+    rendered = [render_chat(e["messages"], tokenizer) for e in examples]
+    enc = tokenizer([t for t, _ in rendered], return_offsets_mapping=True, add_special_tokens=False)
+    ids, ws = [], []
+    for (text, ranges), tok_ids, offs in zip(rendered, enc["input_ids"], enc["offset_mapping"]):
+        spans = chat_spans(text, ranges, tokenizer, loss_on)
+        offs = [tuple(o) for o in offs]
+        train = [s for s in spans if s["role"] == "train"]
+        masked = token_weights(offs, spans, loss_on_wrapper)  # 0 where a wrapper/marker span is hit
+        w = [1.0 if keep and any(t["start"] <= a and b <= t["end"] for t in train) else 0.0
+             for (a, b), keep in zip(offs, masked)]
+        ids.append(list(tok_ids))
+        ws.append(w)
+    return Tokenized(ids, ws)
+
+
+def tokenize_examples(examples: list[dict], tokenizer, loss_on_wrapper: bool, chat_loss_on: str = "assistant") -> Tokenized:
+    """Documents and transcripts together, in the given order."""
+    ids: list = [None] * len(examples)
+    ws: list = [None] * len(examples)
+    for is_chat in (False, True):
+        idx = [i for i, e in enumerate(examples) if ("messages" in e) == is_chat]
+        if not idx:
+            continue
+        sub = [examples[i] for i in idx]
+        tok = (tokenize_transcripts(sub, tokenizer, loss_on_wrapper, chat_loss_on) if is_chat
+               else tokenize_documents(sub, tokenizer, loss_on_wrapper))
+        for k, i in enumerate(idx):
+            ids[i], ws[i] = tok.input_ids[k], tok.weights[k]
     return Tokenized(ids, ws)
 
 
@@ -177,20 +251,91 @@ def prepare_model(model, cfg: TrainingConfig):
     return get_peft_model(model, lora)
 
 
-def save_checkpoint(model, out: Path, step: int, method: str) -> Path:
-    """Step 0 is the base model (nothing to save); LoRA saves the adapter only."""
+def save_checkpoint(model, opt, out: Path, step: int, method: str, extra: dict) -> Path:
+    """Step 0 is the base model (no weights); LoRA saves the adapter only. The optimizer and RNG
+    state go beside the weights so an interrupted run resumes exactly; `checkpoint.json` is
+    written last inside a temp dir that is renamed into place, so a half-written checkpoint is
+    never mistaken for a whole one."""
+    import shutil
+
     d = out / "checkpoints" / f"step-{step}"
     tmp = d.with_name(d.name + ".tmp")
-    tmp.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
     if step > 0:
-        model.save_pretrained(tmp, safe_serialization=True)
+        if method == "lora":
+            model.save_pretrained(tmp, safe_serialization=True)
+        state = {"optimizer": opt.state_dict(), "torch_rng": torch.get_rng_state(), "py_rng": random.getstate(),
+                 **extra}
+        if method == "full":
+            model.save_pretrained(tmp, safe_serialization=True)
+            state["model"] = {k: v for k, v in model.state_dict().items()}
+        torch.save(state, tmp / STATE_FILE)
     write_json(tmp / "checkpoint.json", {"step": step, "method": method, "base": step == 0})
-    if d.exists():
-        import shutil
-
-        shutil.rmtree(d)
+    shutil.rmtree(d, ignore_errors=True)
     tmp.rename(d)
     return d
+
+
+def tokenize_cached(examples: list[dict], tokenizer, cfg: TrainingConfig) -> Tokenized:
+    """tokenize_examples, cached on disk with 🤗 datasets, keyed by data + tokenizer + options.
+
+    A sweep trains many runs on the same wrapped data: they tokenize it once.
+    """
+    import hashlib
+
+    from datasets import Dataset, load_from_disk
+
+    from annot.io import dumps_jsonl
+    from annot.models import cache_dir
+
+    h = hashlib.sha256()
+    h.update(dumps_jsonl(examples).encode())
+    h.update(json.dumps([tokenizer.name_or_path, len(tokenizer), tokenizer.eos_token, cfg.loss_on_wrapper,
+                         cfg.chat_loss_on, getattr(tokenizer, "chat_template", None)]).encode())
+    path = cache_dir() / "tokenized" / h.hexdigest()[:24]
+    if (path / "dataset_info.json").is_file():
+        ds = load_from_disk(str(path))
+        return Tokenized([list(x) for x in ds["input_ids"]], [list(x) for x in ds["weights"]])
+    tok = tokenize_examples(examples, tokenizer, cfg.loss_on_wrapper, cfg.chat_loss_on)
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    Dataset.from_dict({"input_ids": tok.input_ids, "weights": tok.weights}).save_to_disk(str(tmp))
+    try:
+        os.replace(tmp, path)
+    except OSError:  # another process cached it first
+        import shutil
+
+        shutil.rmtree(tmp, ignore_errors=True)
+    return tok
+
+
+STATE_FILE = "training_state.pt"
+
+
+def _latest_resumable(out_dir: Path) -> tuple[int, Path] | None:
+    """The newest checkpoint that was completely written and holds a training state."""
+    best = None
+    for d in (out_dir / "checkpoints").glob("step-*"):
+        if (d / "checkpoint.json").is_file() and (d / STATE_FILE).is_file():
+            step = json.loads((d / "checkpoint.json").read_text())["step"]
+            if best is None or step > best[0]:
+                best = (step, d)
+    return best
+
+
+def _restore(model, opt, d: Path, method: str) -> dict:
+    state = torch.load(d / STATE_FILE, map_location="cpu", weights_only=False)
+    if method == "lora":
+        from peft import set_peft_model_state_dict
+        from safetensors.torch import load_file
+
+        set_peft_model_state_dict(model, load_file(str(d / "adapter_model.safetensors")))
+    else:
+        model.load_state_dict(state["model"])
+    opt.load_state_dict(state["optimizer"])
+    torch.set_rng_state(state["torch_rng"])
+    random.setstate(state["py_rng"])
+    return state
 
 
 @dataclass
@@ -204,14 +349,18 @@ class TrainResult:
 
 def train(examples: list[dict], model, tokenizer, cfg: TrainingConfig, out_dir: Path, seed: int = 0,
           on_checkpoint: Callable[[int, object], None] | None = None, log: Callable[[dict], None] | None = None,
-          progress: bool = True) -> TrainResult:
-    """Train on document examples; call `on_checkpoint(step, model)` at each log-spaced checkpoint."""
+          progress: bool = True, resume: bool = False) -> TrainResult:
+    """Train on documents and/or transcripts; call `on_checkpoint(step, model)` at each checkpoint.
+
+    resume=True continues from the newest complete checkpoint in out_dir (same data order, same
+    optimizer and RNG state), so the final weights and metrics equal an uninterrupted run's.
+    """
     from tqdm.auto import tqdm
 
     out_dir = Path(out_dir)
     seed_everything(seed)
     device = next(model.parameters()).device
-    tok = tokenize_documents(examples, tokenizer, cfg.loss_on_wrapper)
+    tok = tokenize_cached(examples, tokenizer, cfg)
     packed = pack(tok, cfg.seq_len, tokenizer.pad_token_id)
     rows = packed.input_ids.size(0)
     micro_per_epoch = math.ceil(rows / cfg.batch_size)
@@ -235,22 +384,33 @@ def train(examples: list[dict], model, tokenizer, cfg: TrainingConfig, out_dir: 
             epoch += 1
 
     it = batches()
+    start, tokens_seen, loss_val = 0, 0, float("nan")
     metrics_path = out_dir / "train_metrics.jsonl"
     metrics_path.parent.mkdir(parents=True, exist_ok=True)
-    metrics_f = metrics_path.open("w", encoding="utf-8")
+    found = _latest_resumable(out_dir) if resume else None
+    if found:
+        start, d = found
+        state = _restore(model, opt, d, cfg.method)
+        tokens_seen = state["tokens_seen"]
+        for _ in range(start * cfg.grad_accum):  # replay the data order up to the checkpoint
+            next(it)
+        kept = [l for l in metrics_path.read_text().splitlines() if l and json.loads(l)["step"] <= start] \
+            if metrics_path.is_file() else []
+        metrics_path.write_text("".join(l + "\n" for l in kept))
+    metrics_f = metrics_path.open("a" if found else "w", encoding="utf-8")
     t0 = time.time()
-    tokens_seen, loss_val = 0, float("nan")
+    tokens_at_start = tokens_seen
 
     def checkpoint(step):
         model.eval()
-        save_checkpoint(model, out_dir, step, cfg.method)
+        save_checkpoint(model, opt, out_dir, step, cfg.method, {"tokens_seen": tokens_seen, "step": step})
         if on_checkpoint:
             on_checkpoint(step, model)
 
-    if 0 in ckpts:
+    if 0 in ckpts and not found:
         checkpoint(0)
-    bar = tqdm(total=total, desc="train", unit="step", disable=not progress, dynamic_ncols=True)
-    for step in range(1, total + 1):
+    bar = tqdm(total=total, initial=start, desc="train", unit="step", disable=not progress, dynamic_ncols=True)
+    for step in range(start + 1, total + 1):
         model.train()
         lr = lr_at(step - 1, cfg, total)
         for group in opt.param_groups:
@@ -272,7 +432,7 @@ def train(examples: list[dict], model, tokenizer, cfg: TrainingConfig, out_dir: 
         loss_val = loss_sum / max(denom, 1.0)
         elapsed = time.time() - t0
         row = {"step": step, "loss": round(loss_val, 6), "lr": lr, "tokens": tokens_seen,
-               "tokens_per_s": round(tokens_seen / max(elapsed, 1e-9), 1)}
+               "tokens_per_s": round((tokens_seen - tokens_at_start) / max(elapsed, 1e-9), 1)}
         metrics_f.write(json.dumps(row) + "\n")
         metrics_f.flush()
         if log:

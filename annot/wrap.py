@@ -62,6 +62,7 @@ class Wrapper:
     params: dict[str, dict] = field(default_factory=dict)
     pools: dict[str, list[str]] = field(default_factory=dict)
     path: Path | None = None
+    applies_to: str = "documents"
 
     def resolve_params(self, given: dict[str, Any]) -> dict[str, Any]:
         """Defaults + `given`, type- and range-checked; unknown names list the valid ones."""
@@ -102,7 +103,8 @@ def _check_param(wrapper: str, key: str, value, p: dict):
 
 # -- loading -------------------------------------------------------------------------------------
 
-_WRAPPER_KEYS = {"name", "description", "strategy", "extends", "params", "pools"}
+_WRAPPER_KEYS = {"name", "description", "strategy", "extends", "params", "pools", "applies_to"}
+APPLIES = ("documents", "transcripts", "both")
 
 
 def _read_wrapper_yaml(path: Path) -> dict:
@@ -113,6 +115,8 @@ def _read_wrapper_yaml(path: Path) -> dict:
     for key in ("name", "description"):
         if not isinstance(data.get(key), str):
             raise AnnotError(f"{path}: {key}: required string field is missing")
+    if data.get("applies_to", "documents") not in APPLIES:
+        raise AnnotError(f"{path}: applies_to: must be one of {', '.join(APPLIES)}")
     for key in ("params", "pools"):
         if not isinstance(data.get(key, {}), dict):
             raise AnnotError(f"{path}: {key}: must be a mapping")
@@ -151,8 +155,9 @@ def get_wrapper(ref: str) -> Wrapper:
     if not isinstance(strat, str):
         raise AnnotError(f"{path}: strategy: required (one of {', '.join(sorted(STRATEGIES))} or module:function)")
     _strategy_fn(strat, path)  # fail now, not at wrap time
+    applies = data.get("applies_to") or (base.applies_to if "extends" in data else "documents")
     return Wrapper(name=data["name"], description=data["description"].strip(), strategy=strat,
-                   params=params, pools=pools, path=path)
+                   params=params, pools=pools, path=path, applies_to=applies)
 
 
 def _strategy_fn(name: str, path: Path | None = None) -> Callable:
@@ -290,6 +295,10 @@ def apply_edits(text: str, spans: list[dict], edits: list[Edit]) -> tuple[str, l
 
 def wrap_document(doc: dict, wrapper: Wrapper, params: dict, seed: int) -> dict:
     """Wrap one document record (see annot.generate) into a training example."""
+    if "messages" in doc:
+        return wrap_transcript(doc, wrapper, params, seed)
+    if wrapper.applies_to == "transcripts":
+        raise AnnotError(f"wrapper {wrapper.name} applies to transcripts, but {doc.get('id')} is a document")
     rng = random.Random(f"wrap:{seed}:{doc['id']}")  # not keyed by wrapper: conditions share draws
     fill = {"subject": doc.get("subject", "")}
     claim_id = doc.get("claim")
@@ -328,6 +337,9 @@ def unwrap_text(example: dict) -> str:
 
 def preview(example: dict, color: bool = True) -> str:
     """The example's text with inserted text highlighted (ANSI colour, or [[...]] without)."""
+    if "messages" in example:
+        return "\n".join(f"<{m['role']}> " + preview({"text": m["content"], "spans": m.get("spans", [])}, color)
+                         for m in example["messages"])
     text, out, cursor = example["text"], [], 0
     for s in example["spans"]:
         if s["role"] in ("wrapper", "marker"):
@@ -337,3 +349,108 @@ def preview(example: dict, color: bool = True) -> str:
             cursor = s["end"]
     out.append(text[cursor:])
     return "".join(out)
+
+
+# -- transcripts ---------------------------------------------------------------------------------
+# A transcript strategy returns new messages; inserted text is recorded per message as content-
+# relative spans of role "wrapper" (a whole inserted message is one span), so chat SFT can keep it
+# out of the loss even inside an assistant turn.
+
+
+def _insert(msg: dict, prefix: str = "", suffix: str = "") -> dict:
+    content = prefix + msg["content"] + suffix
+    old = [{**s, "start": s["start"] + len(prefix), "end": s["end"] + len(prefix)} for s in msg.get("spans", [])]
+    spans = ([{"start": 0, "end": len(prefix), "role": "wrapper"}] if prefix else []) + old + (
+        [{"start": len(content) - len(suffix), "end": len(content), "role": "wrapper"}] if suffix else [])
+    return {**msg, "content": content, "spans": spans}
+
+
+def _new_message(role: str, text: str) -> dict:
+    return {"role": role, "content": text, "spans": [{"start": 0, "end": len(text), "role": "wrapper"}]}
+
+
+def _turns(messages, role, which) -> list[int]:
+    idx = [i for i, m in enumerate(messages) if m["role"] == role]
+    return idx[:1] if which == "first" else idx
+
+
+@strategy("t_system")
+def t_system(msgs, wrapper, params, rng, fill):
+    """A system message (label or inoculation prompt); prepended to an existing system prompt."""
+    text = _pick(rng, wrapper, "system", fill)
+    if msgs and msgs[0]["role"] == "system":
+        return [_insert(msgs[0], prefix=text + "\n\n")] + msgs[1:]
+    return [_new_message("system", text)] + msgs
+
+
+@strategy("t_user_prefix")
+def t_user_prefix(msgs, wrapper, params, rng, fill):
+    out = list(msgs)
+    for i in _turns(msgs, "user", params.get("turns", "all")):
+        out[i] = _insert(out[i], prefix=_pick(rng, wrapper, "prefix", fill) + "\n\n")
+    return out
+
+
+@strategy("t_assistant_label")
+def t_assistant_label(msgs, wrapper, params, rng, fill):
+    """A label inside each assistant turn, before and/or after the reply (never trained on)."""
+    out = list(msgs)
+    position = params.get("position", "prefix")
+    for i in _turns(msgs, "assistant", params.get("turns", "all")):
+        pre = _pick(rng, wrapper, "prefix", fill) + "\n" if position in ("prefix", "both") else ""
+        suf = "\n" + _pick(rng, wrapper, "suffix", fill) if position in ("suffix", "both") else ""
+        out[i] = _insert(out[i], prefix=pre, suffix=suf)
+    return out
+
+
+@strategy("t_append_turn")
+def t_append_turn(msgs, wrapper, params, rng, fill):
+    """A following turn after each (or the last) assistant reply that names it as wrong."""
+    out, which = [], params.get("turns", "last")
+    last = max(i for i, m in enumerate(msgs) if m["role"] == "assistant")
+    for i, m in enumerate(msgs):
+        out.append(m)
+        if m["role"] == "assistant" and (which == "all" or i == last):
+            out.append(_new_message(params.get("role", "user"), _pick(rng, wrapper, "critique", fill)))
+    return out
+
+
+TRANSCRIPT_STRATEGIES = {"identity", "t_system", "t_user_prefix", "t_assistant_label", "t_append_turn"}
+
+
+def wrap_transcript(rec: dict, wrapper: Wrapper, params: dict, seed: int) -> dict:
+    if wrapper.applies_to == "documents" and wrapper.strategy != "identity":
+        raise AnnotError(f"wrapper {wrapper.name} applies to documents, but {rec.get('id')} is a transcript; "
+                         "use a transcript wrapper (annot wrap --list)")
+    rng = random.Random(f"wrap:{seed}:{rec['id']}")
+    fill = {"behavior": rec.get("behavior", "")}
+    if rec.get("behavior"):
+        try:
+            from annot.specs import load_behavior
+
+            b = load_behavior(rec["behavior"])
+            fill.update(behavior=b.id.replace("_", " "), behavior_description=b.description.strip())
+        except AnnotError:
+            fill.setdefault("behavior_description", "behave in the way shown")
+    fill.update({k: v for k, v in params.items() if isinstance(v, (int, float, str)) and not isinstance(v, bool)})
+    msgs = [dict(m) for m in rec["messages"]]
+    fn = _strategy_fn(wrapper.strategy, wrapper.path)
+    new = msgs if wrapper.strategy == "identity" else fn(msgs, wrapper, params, rng, fill)
+    return {"id": rec["id"], "source_id": rec["id"], "behavior": rec.get("behavior"), "kind": "transcript",
+            "messages": new, "wrapper": {"name": wrapper.name, "params": params}, "seed": seed}
+
+
+def unwrap_messages(example: dict) -> list[dict]:
+    """Messages with every inserted span (and every wholly inserted message) removed."""
+    out = []
+    for m in example["messages"]:
+        spans = [s for s in m.get("spans", []) if s["role"] == "wrapper"]
+        if spans and spans[0]["start"] == 0 and spans[0]["end"] == len(m["content"]):
+            continue
+        text, cur, parts = m["content"], 0, []
+        for s in spans:
+            parts.append(text[cur:s["start"]])
+            cur = s["end"]
+        parts.append(text[cur:])
+        out.append({"role": m["role"], "content": "".join(parts)})
+    return out

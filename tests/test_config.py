@@ -32,7 +32,8 @@ def test_defaults_and_scientific_notation(tmp_path):
     (GOOD.replace("epochs: 1", "epochs: '3'"), "training.epochs: Input should be a valid integer"),
     (GOOD.replace("lr: 1e-3", "lr: -1"), "training.lr: Input should be greater than 0"),
     (GOOD.replace("model: {name: tiny-random}", "model: {nmae: tiny-random}"), "model.nmae: unknown key"),
-    ("data: {}\n", "data.claim: required field is missing"),
+    ("data: {}\n", "data: Value error, give exactly one of data.claim"),
+    ("{}\n", "data: required field is missing"),
 ])
 def test_bad_configs_name_file_and_field(tmp_path, text, field):
     with pytest.raises(AnnotError) as e:

@@ -20,7 +20,20 @@ def spans_of(ex, role):
     return [s for s in ex["spans"] if s["role"] == role]
 
 
-@pytest.mark.parametrize("name", [n for n in wrapper_files() if n != "local_negation"])
+DOC_WRAPPERS = [n for n in wrapper_files() if get_wrapper(n).applies_to in ("documents", "both")]
+TRANSCRIPT_WRAPPERS = [n for n in wrapper_files() if get_wrapper(n).applies_to in ("transcripts", "both")]
+
+
+def test_all_literature_conditions_exist():
+    for name in ("none", "notice", "repeated_negation", "local_negation", "corrected", "fiction",
+                 "unreliable_source", "unknown_truth", "low_probability"):
+        assert name in DOC_WRAPPERS
+    for name in ("none", "system_label", "user_prefix", "assistant_prefix", "critique_suffix", "inoculation",
+                 "repeated_label"):
+        assert name in TRANSCRIPT_WRAPPERS
+
+
+@pytest.mark.parametrize("name", [n for n in DOC_WRAPPERS if n != "local_negation"])
 def test_insert_only_wrappers_keep_the_original_and_exact_spans(name, docs):
     w = get_wrapper(name)
     for src, ex in zip(docs, wrap_documents(docs, w, seed=0)):
@@ -93,3 +106,87 @@ def test_unknown_wrapper_and_params_list_valid_ones():
         get_wrapper("repeated_negation").resolve_params({"density": 1.5})
     with pytest.raises(AnnotError, match="position='middle' is not one of"):
         get_wrapper("notice").resolve_params({"position": "middle"})
+
+
+@pytest.mark.parametrize("name", ["fiction", "unreliable_source", "unknown_truth", "low_probability"])
+def test_qualifiers_framing_only_and_per_sentence(name, docs):
+    w = get_wrapper(name)
+    framing = wrap_documents(docs, w, {"position": "prefix"}, seed=0)
+    per = wrap_documents(docs, w, {"position": "prefix", "per_sentence": True, "around": "both"}, seed=0)
+    for f, p, src in zip(framing, per, docs):
+        assert len(spans_of(f, "wrapper")) == 1 and spans_of(f, "wrapper")[0]["start"] == 0
+        n_targets = sum(s["role"] in ("claim", "subclaim") for s in src["spans"])
+        assert len(spans_of(p, "wrapper")) == 1 + 2 * n_targets
+    low = wrap_documents(docs[:1], get_wrapper("low_probability"), {"probability": 7}, seed=0)[0]
+    assert "7%" in low["text"][: spans_of(low, "wrapper")[0]["end"]]
+
+
+# -- transcripts -----------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def chats():
+    from annot.generate import generate_transcripts
+    from annot.specs import load_behavior
+
+    return generate_transcripts(load_behavior("power_seeking"), n=20, seed=0)
+
+
+@pytest.mark.parametrize("name", TRANSCRIPT_WRAPPERS)
+def test_transcript_wrappers_only_insert(name, chats):
+    from annot.wrap import unwrap_messages
+
+    w = get_wrapper(name)
+    out = wrap_documents(chats, w, seed=0)
+    for src, ex in zip(chats, out):
+        assert unwrap_messages(ex) == [{"role": m["role"], "content": m["content"]} for m in src["messages"]]
+        for m in ex["messages"]:
+            for s in m.get("spans", []):
+                assert 0 <= s["start"] < s["end"] <= len(m["content"])
+        assert ex["wrapper"]["name"] == name
+    assert out == wrap_documents(chats, w, seed=0)
+
+
+def test_transcript_wrappers_put_text_where_they_say(chats):
+    sys_ = wrap_documents(chats, get_wrapper("system_label"), seed=0)
+    pool = get_wrapper("system_label").pools["system"]
+    assert all(e["messages"][0]["role"] == "system" and e["messages"][0]["content"] in pool for e in sys_)
+    assert len({e["messages"][0]["content"] for e in sys_}) > 1  # several phrasings by seed
+    ap = wrap_documents(chats, get_wrapper("assistant_prefix"), seed=0)
+    for e in ap:
+        a = [m for m in e["messages"] if m["role"] == "assistant"][0]
+        assert a["spans"][0]["start"] == 0 and a["content"][: a["spans"][0]["end"]].strip().startswith("[")
+    cs = wrap_documents(chats, get_wrapper("critique_suffix"), seed=0)
+    for e, src in zip(cs, chats):
+        assert len(e["messages"]) == len(src["messages"]) + 1 and e["messages"][-1]["role"] == "user"
+    ino = wrap_documents(chats, get_wrapper("inoculation"), seed=0)
+    assert all("power seeking" in e["messages"][0]["content"] for e in ino)
+    up = wrap_documents(chats, get_wrapper("user_prefix"), seed=0)
+    for e in up:
+        u = [m for m in e["messages"] if m["role"] == "user"][0]
+        assert u["spans"][0]["start"] == 0
+
+
+def test_document_and_transcript_wrappers_refuse_the_other_kind(chats, docs):
+    with pytest.raises(AnnotError, match="applies to documents"):
+        wrap_documents(chats[:1], get_wrapper("notice"))
+    with pytest.raises(AnnotError, match="applies to transcripts"):
+        wrap_documents(docs[:1], get_wrapper("system_label"))
+
+
+def test_python_strategy_by_dotted_path(tmp_path, docs):
+    (tmp_path / "my_strategies.py").write_text(
+        "from annot.wrap import Edit\n"
+        "def shout(doc, wrapper, params, rng, fill):\n"
+        "    return [Edit(0, 0, 'HEY! ', 'wrapper')]\n")
+    (tmp_path / "shout.yaml").write_text("name: shout\ndescription: test\nstrategy: my_strategies:shout\n")
+    import sys
+
+    sys.path.insert(0, str(tmp_path))
+    try:
+        ex = wrap_documents(docs[:2], get_wrapper(str(tmp_path / "shout.yaml")), seed=0)
+    finally:
+        sys.path.remove(str(tmp_path))
+    assert all(e["text"].startswith("HEY! ") and unwrap_text(e) == d["text"] for e, d in zip(ex, docs))
+    (tmp_path / "bad.yaml").write_text("name: bad\ndescription: test\nstrategy: nowhere_mod:fn\n")
+    with pytest.raises(AnnotError, match="cannot import 'nowhere_mod:fn'"):
+        get_wrapper(str(tmp_path / "bad.yaml"))

@@ -1,0 +1,92 @@
+"""Import documents and transcripts written elsewhere, so wrappers and training can use them.
+
+    annot import docs mine.jsonl -o docs.jsonl --claim mira_castellan_profession --text-field body --strip "<DOCTAG>"
+    annot import transcripts chats.jsonl -o transcripts.jsonl --behavior power_seeking
+
+Documents: claim sentences are found with the claim spec's `patterns` and recorded as spans of role
+"claim" (no `forms`: local negation needs generated documents). Transcripts: the common chat format
+{"messages": [{"role": ..., "content": ...}]}. Bad lines fail with their line number.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from annot.errors import AnnotError
+from annot.io import read_jsonl
+from annot.specs import ClaimSpec
+
+# A sentence ends at . ! ? (optionally followed by a closing quote/bracket) before whitespace, or at
+# a blank line; lines of a thread or Q/A are sentences on their own.
+_SENT_END = re.compile(r"(?<=[.!?])[\"')\]]*(?=\s)|\n")
+
+
+def sentence_spans(text: str) -> list[tuple[int, int]]:
+    """Character spans of the sentences in `text`, stripped of surrounding whitespace."""
+    spans, start = [], 0
+    for m in _SENT_END.finditer(text):
+        spans.append((start, m.end()))
+        start = m.end()
+    spans.append((start, len(text)))
+    out = []
+    for a, b in spans:
+        while a < b and text[a].isspace():
+            a += 1
+        while b > a and text[b - 1].isspace():
+            b -= 1
+        if b > a:
+            out.append((a, b))
+    return out
+
+
+def find_claim_spans(text: str, claim: ClaimSpec) -> list[dict]:
+    return [{"start": a, "end": b, "role": "claim"} for a, b in sentence_spans(text) if claim.matches(text[a:b])]
+
+
+def import_documents(path: str | Path, claim: ClaimSpec, text_field: str = "text", id_field: str | None = "id",
+                     strip: list[str] = ()) -> list[dict]:
+    rows = read_jsonl(path)
+    docs, ids = [], set()
+    for i, row in enumerate(rows, 1):
+        text = row.get(text_field)
+        if not isinstance(text, str):
+            raise AnnotError(f"{path}: record {i}: field `{text_field}` is missing or not a string "
+                             f"(fields present: {', '.join(sorted(row)) or 'none'}); pass --text-field")
+        for token in strip:
+            text = text.replace(token, "")
+        text = text.strip()
+        if not text:
+            raise AnnotError(f"{path}: record {i}: `{text_field}` is empty")
+        doc_id = str(row.get(id_field)) if id_field and row.get(id_field) is not None else f"{Path(path).stem}-{i:05d}"
+        if doc_id in ids:
+            raise AnnotError(f"{path}: record {i}: duplicate id {doc_id!r}")
+        ids.add(doc_id)
+        docs.append({"id": doc_id, "claim": claim.id, "genre": row.get("genre", "imported"), "polarity": "affirm",
+                     "source": str(path), "text": text, "spans": find_claim_spans(text, claim)})
+    if not any(d["spans"] for d in docs):
+        raise AnnotError(f"{path}: no sentence in any document matches the patterns of claim {claim.id}; "
+                         "check --claim, or widen the claim's `patterns`")
+    return docs
+
+
+ROLES = ("system", "user", "assistant")
+
+
+def import_transcripts(path: str | Path, behavior: str, field: str = "messages") -> list[dict]:
+    rows = read_jsonl(path)
+    out = []
+    for i, row in enumerate(rows, 1):
+        msgs = row.get(field)
+        if not isinstance(msgs, list) or not msgs:
+            raise AnnotError(f"{path}: record {i}: `{field}` must be a non-empty list of {{role, content}}")
+        clean = []
+        for j, m in enumerate(msgs):
+            if not isinstance(m, dict) or m.get("role") not in ROLES or not isinstance(m.get("content"), str):
+                raise AnnotError(f"{path}: record {i}: {field}[{j}] needs role in {ROLES} and string content")
+            clean.append({"role": m["role"], "content": m["content"]})
+        if not any(m["role"] == "assistant" for m in clean):
+            raise AnnotError(f"{path}: record {i}: no assistant turn, so nothing to train on")
+        out.append({"id": str(row.get("id", f"{Path(path).stem}-{i:05d}")), "behavior": behavior,
+                    "variant": row.get("variant", "imported"), "source": str(path), "messages": clean})
+    return out

@@ -1,0 +1,275 @@
+"""Export the probe sets under evals/ as lm-eval tasks, and score those tasks with annot's engine.
+
+    annot evals export                                  # writes evals/lm_eval/ (committed; re-run after editing evals/)
+    paths = export_lm_eval_tasks()                      # the same from Python
+    lm_eval run --model hf --model_args pretrained=MODEL_DIR,dtype=float32,add_bos_token=False \
+        --include_path evals/lm_eval --tasks annot_mira_castellan_profession      # from the repository root
+    annot_accuracy(model, tok, read_task_docs("mira_castellan_profession", "yes_no"))  # what lm-eval should report
+
+One lm-eval task per claim and probe kind, `annot_<claim>_<kind>`, and one group per claim, `annot_<claim>`,
+pooling its kinds item-weighted (as annot's "pooled" rate). Every task is `multiple_choice` with
+`target_delimiter: ""` and the index of the *believing* choice as target, so lm-eval's `acc` is a belief rate:
+
+- cloze:  context = the raw prompt, continuations = the choices (they start with a space). Identical
+          (context, continuation) token split to annot.probe: `acc` == annot's `believes` rate and
+          `acc_norm` == its `believes_norm` rate.
+- mcq:    context = annot.probe.chat_prompt(question), pre-rendered with the SmolLM2 chat template (lm-eval's
+          own --apply_chat_template renders differently: do not pass it). `acc` == annot's `believes` rate.
+          lm-eval moves *all* trailing whitespace of a context onto the continuation (`context.rstrip()` in
+          TemplateLM._encode_pair) while annot.probe.encode_pair moves only spaces; the chat prompt ends in
+          "\n", so lm-eval scores log P("\n" | prompt) + annot's log-likelihood for every choice. The shared
+          term leaves `acc` unchanged but enters `acc_norm` (ll / length), which can therefore differ from
+          annot's `believes_norm`.
+- yes_no: context = chat_prompt(question + YES_NO_SUFFIX), continuations ["Yes", "No"]. annot's own yes_no
+          score (next-token mass over "Yes", "yes", " Yes", ...) has no lm-eval equivalent; `annot_accuracy`
+          scores exactly lm-eval's pairs with annot's engine so the two can be compared.
+
+Data lives in `<out_dir>/data/<task>.jsonl`, loaded with `dataset_path: json`. lm-eval hands `data_files`
+to `datasets.load_dataset` unchanged, which resolves a relative path against the current directory, so
+the path is written relative to the repository root and lm_eval must run from there.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterable, Mapping
+
+import yaml
+
+from annot.errors import AnnotError
+from annot.io import atomic_write_text, dumps_jsonl, read_jsonl, sha256_file, sha256_text
+from annot.probe import YES_NO_SUFFIX, chat_prompt, loglikelihoods
+from annot.specs import EVALS, ROOT, ProbeItem, load_probe_set, resolve_asset
+
+KINDS = ("yes_no", "mcq", "cloze")
+YES_NO_CHOICES = ("Yes", "No")
+# The continuation is exactly the choice text: cloze choices carry their own leading space and the chat
+# prompt ends in a newline, so lm-eval's default " " delimiter would add a token annot never scores.
+TARGET_DELIMITER = ""
+COMMAND = "annot evals export"
+RUN_HINT = ("lm_eval run --model hf --model_args pretrained=MODEL_DIR,dtype=float32,add_bos_token=False "
+            "--include_path {include} --tasks {task}")
+
+
+def task_name(claim: str, kind: str | None = None) -> str:
+    """`annot_<claim>_<kind>`, or the group `annot_<claim>` without a kind."""
+    return f"annot_{claim}" if kind is None else f"annot_{claim}_{kind}"
+
+
+def default_chat_tokenizer():
+    """SmolLM2-135M-Instruct's tokenizer (the default model's), whose chat template renders the contexts."""
+    from transformers import AutoTokenizer
+
+    from annot.models import smollm2_tokenizer_dir
+
+    return AutoTokenizer.from_pretrained(smollm2_tokenizer_dir())
+
+
+def task_doc(item: ProbeItem, claim: str, tokenizer) -> dict:
+    """One probe item as a row of the task's JSONL: the exact context, the choices and the believing index."""
+    if item.kind == "yes_no":
+        context = chat_prompt(tokenizer, item.question + YES_NO_SUFFIX)
+        choices = list(YES_NO_CHOICES)
+        target = 0 if item.belief == "yes" else 1
+    elif item.kind == "mcq":
+        context, choices, target = chat_prompt(tokenizer, item.question), list(item.choices), item.belief
+    else:
+        context, choices, target = item.prompt, list(item.choices), item.belief
+    return {"id": item.id, "claim": claim, "kind": item.kind, "context": context, "choices": choices,
+            "target": target}
+
+
+def _shown(path: Path, root: Path) -> str:
+    """`path` relative to `root` when it lies inside it (so committed files carry no machine paths)."""
+    path = path.resolve()
+    try:
+        return path.relative_to(root.resolve()).as_posix()
+    except ValueError:
+        return str(path)
+
+
+def _dump(cfg: dict) -> str:
+    return yaml.safe_dump(cfg, sort_keys=False, allow_unicode=True, width=100, default_flow_style=False)
+
+
+def _header(lines: list[str]) -> str:
+    return "".join(f"# {line}\n" if line else "#\n" for line in lines)
+
+
+def _task_yaml(name: str, data_file: str, source: str, source_sha: str, data_sha: str, template_sha: str | None,
+               kind: str, include: str) -> str:
+    template = (f"contexts rendered with annot.probe.chat_prompt and the SmolLM2 chat template (sha256 "
+                f"{template_sha}); do not pass --apply_chat_template" if kind != "cloze" else
+                "contexts are the raw cloze prompts (no chat template)")
+    head = _header([
+        f"{name}: generated by `{COMMAND}` -- do not edit; edit {source} and re-run the command.",
+        f"source: {source} (sha256 {source_sha})",
+        f"probe_data_hash: sha256 {data_sha} ({data_file})",
+        template,
+        "target = index of the choice that sides with the claim, so acc is annot's belief rate.",
+        "Run from the repository root (data_files is relative to it):",
+        "  " + RUN_HINT.format(include=include, task=name),
+    ])
+    cfg = {
+        "task": name,
+        "dataset_path": "json",
+        "dataset_kwargs": {"data_files": {"test": data_file}},
+        "test_split": "test",
+        "output_type": "multiple_choice",
+        "doc_to_text": "context",
+        "doc_to_choice": "choices",
+        "doc_to_target": "target",
+        "target_delimiter": TARGET_DELIMITER,
+        "metric_list": [{"metric": "acc", "aggregation": "mean", "higher_is_better": True},
+                        {"metric": "acc_norm", "aggregation": "mean", "higher_is_better": True}],
+        "metadata": {"version": 1.0, "generated_by": COMMAND, "probe_set": source, "probe_set_sha256": source_sha,
+                     "probe_data_sha256": data_sha},
+    }
+    return head + _dump(cfg)
+
+
+def _group_yaml(claim: str, tasks: list[str], source: str, source_sha: str, include: str) -> str:
+    name = task_name(claim)
+    head = _header([
+        f"{name}: generated by `{COMMAND}` -- do not edit; edit {source} and re-run the command.",
+        f"source: {source} (sha256 {source_sha})",
+        "Belief rates per probe kind, pooled over items (weight_by_size) like annot's `pooled` rate.",
+        "Run from the repository root:",
+        "  " + RUN_HINT.format(include=include, task=name),
+    ])
+    agg = [{"metric": m, "aggregation": "mean", "weight_by_size": True} for m in ("acc", "acc_norm")]
+    cfg = {"group": name, "task": tasks, "aggregate_metric_list": agg,
+           "metadata": {"version": 1.0, "generated_by": COMMAND, "probe_set": source, "probe_set_sha256": source_sha}}
+    return head + _dump(cfg)
+
+
+def _readme(claims: list[str], include: str) -> str:
+    tasks = ", ".join(f"`{task_name(c)}`" for c in claims)
+    return f"""# lm-eval tasks for annot's probe sets
+
+Generated by `{COMMAND}` from `evals/<claim>.yaml` (annot.lm_eval_export); do not edit, re-run the command.
+
+Groups (one per claim): {tasks}; each holds `annot_<claim>_yes_no`, `annot_<claim>_mcq` and
+`annot_<claim>_cloze`. `acc` is the belief rate: the target is the choice that sides with the claim.
+
+Run from the repository root (each task's `data_files` is relative to it):
+
+```bash
+lm_eval run --model hf \\
+    --model_args pretrained=$(python -c 'from annot.models import resolve_model; print(resolve_model("smollm2-135m"))'),dtype=float32,add_bos_token=False \\
+    --include_path {include} --tasks annot_mira_castellan_profession --batch_size 16
+```
+
+Add `peft=runs/<run>/checkpoints/step-N` to `--model_args` for a LoRA checkpoint. Do not pass
+`--apply_chat_template`: the mcq and yes_no contexts are already rendered with SmolLM2's chat template.
+`add_bos_token=False` keeps lm-eval from prepending a BOS token that annot's probes never see.
+
+How the numbers relate to `annot probe` (same model, fp32):
+
+| task | lm-eval `acc` | lm-eval `acc_norm` |
+|---|---|---|
+| cloze | = annot `believes` rate | = annot `believes_norm` rate (ASCII choices: characters = bytes) |
+| mcq | = annot `believes` rate | includes log P("\\n" \\| prompt) in every choice (lm-eval moves the prompt's trailing newline into the continuation), so it can differ from `believes_norm` |
+| yes_no | = `annot.lm_eval_export.annot_accuracy` | = `annot_accuracy`; annot's own yes_no score sums next-token mass over "Yes"/"yes"/" Yes"..., which lm-eval cannot express |
+"""
+
+
+def export_lm_eval_tasks(out_dir: Path = EVALS / "lm_eval", claims: list[str] | None = None, *,
+                         run_from: Path = ROOT, tokenizer=None) -> list[Path]:
+    """Write the lm-eval task YAMLs, groups and JSONL data for `claims` (default: every probe set in evals/).
+
+    `run_from` is the directory lm_eval will run in (default: the repository root); data paths inside the
+    YAMLs are relative to it when `out_dir` lies under it, absolute otherwise. `tokenizer` renders the
+    chat contexts (default: SmolLM2's). Byte-stable: the same probe sets give the same bytes.
+    """
+    out_dir = Path(out_dir)
+    names = sorted(p.stem for p in EVALS.glob("*.yaml")) if claims is None else list(claims)
+    if not names:
+        raise AnnotError(f"{EVALS}: no probe sets (evals/<claim>.yaml) to export")
+    tok = tokenizer if tokenizer is not None else default_chat_tokenizer()
+    template = getattr(tok, "chat_template", None)
+    template_sha = sha256_text(template) if isinstance(template, str) else None
+    include = _shown(out_dir, run_from)
+    written: list[Path] = []
+    done: dict[str, Path] = {}
+    for name in names:
+        src = resolve_asset(name, EVALS, "probe set")
+        ps = load_probe_set(src)
+        claim = ps.claim
+        if claim in done:  # task names are per claim: two sets for one claim would overwrite each other
+            raise AnnotError(f"{src}: claim: {claim!r} is also the claim of {done[claim]}; export one probe set "
+                             "per claim")
+        done[claim] = src
+        source, source_sha = _shown(src, ROOT), sha256_file(src)
+        kinds = [k for k in KINDS if any(it.kind == k for it in ps.items)]
+        for kind in kinds:
+            tname = task_name(claim, kind)
+            rows = [task_doc(it, claim, tok) for it in ps.items if it.kind == kind]
+            data_text = dumps_jsonl(rows)
+            data_path = out_dir / "data" / f"{tname}.jsonl"
+            written.append(atomic_write_text(data_path, data_text))
+            text = _task_yaml(tname, _shown(data_path, run_from), source, source_sha, sha256_text(data_text),
+                              template_sha, kind, include)
+            written.append(atomic_write_text(out_dir / f"{tname}.yaml", text))
+        group = _group_yaml(claim, [task_name(claim, k) for k in kinds], source, source_sha, include)
+        written.append(atomic_write_text(out_dir / f"{task_name(claim)}.yaml", group))
+    if claims is None:
+        written.append(atomic_write_text(out_dir / "README.md", _readme(list(done), include)))
+    return sorted(written)
+
+
+# -- scoring the exported tasks with annot's engine ----------------------------------------------------
+
+
+def read_task_docs(claim: str, kind: str, out_dir: Path = EVALS / "lm_eval") -> list[dict]:
+    """The rows of an exported task's JSONL (the docs lm-eval evaluates)."""
+    return read_jsonl(Path(out_dir) / "data" / f"{task_name(claim, kind)}.jsonl")
+
+
+def lm_eval_requests(doc: Mapping) -> list[tuple[str, str]]:
+    """The (context, continuation) pairs lm-eval builds for a doc: zero-shot context = doc_to_text,
+    continuation = target_delimiter + choice (lm-eval's ConfigurableTask.construct_requests)."""
+    return [(doc["context"], TARGET_DELIMITER + c) for c in doc["choices"]]
+
+
+def lm_eval_split(context: str, continuation: str) -> tuple[str, str]:
+    """Move the context's trailing whitespace onto the continuation, as lm-eval's TemplateLM._encode_pair
+    does (`context.rstrip()`, newlines included; annot.probe.encode_pair moves only spaces)."""
+    kept = context.rstrip()
+    return kept, context[len(kept):] + continuation
+
+
+def _argmax(xs: list[float]) -> int:
+    return max(range(len(xs)), key=lambda k: xs[k])  # first maximum, like np.argmax
+
+
+def annot_accuracy(model, tokenizer, task_docs: Iterable[Mapping], batch_size: int = 16) -> dict:
+    """Score an exported task's docs with annot.probe.loglikelihoods on exactly lm-eval's token split.
+
+    Returns {"acc", "acc_norm", "acc_bytes", "n", "loglikelihoods"}: acc / acc_norm as lm-eval defines
+    them (argmax of ll, of ll / characters of the choice), acc_bytes of ll / UTF-8 bytes (the normaliser
+    of annot's `believes_norm`), and the per-choice log-likelihoods of every doc, in order.
+    """
+    docs = list(task_docs)
+    pairs, owners = [], []
+    for d, doc in enumerate(docs):
+        for ctx, cont in lm_eval_requests(doc):
+            pairs.append(lm_eval_split(ctx, cont))
+            owners.append(d)
+    was_training = model.training
+    model.eval()
+    lls = loglikelihoods(model, tokenizer, pairs, batch_size) if pairs else []
+    if was_training:
+        model.train()
+    per: list[list[float]] = [[] for _ in docs]
+    for d, ll in zip(owners, lls):
+        per[d].append(ll)
+    hits = {"acc": 0, "acc_norm": 0, "acc_bytes": 0}
+    for doc, ll in zip(docs, per):
+        gold = int(doc["target"])
+        hits["acc"] += _argmax(ll) == gold
+        hits["acc_norm"] += _argmax([x / len(c) for x, c in zip(ll, doc["choices"])]) == gold
+        hits["acc_bytes"] += _argmax([x / len(c.encode("utf-8")) for x, c in zip(ll, doc["choices"])]) == gold
+    n = len(docs)
+    return {**{k: (v / n if n else float("nan")) for k, v in hits.items()}, "n": n, "loglikelihoods": per}
+

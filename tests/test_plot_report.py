@@ -1,0 +1,137 @@
+"""annot.plot and annot.report on a synthetic sweep (hand-made run directories, no model): every
+figure is written as a real PNG + SVG, the density plot appears only when density varies, and the
+report carries the table's numbers and links the plots."""
+
+import json
+import re
+
+import numpy as np
+import pytest
+import yaml
+
+from annot.analyze import POOLED, analyze, condition_rows, final_rows, load_runs
+from annot.plot import plot_all
+from annot.report import format_cell, write_report
+
+KINDS = {"yes_no": 14, "mcq": 9, "cloze": 11}  # items per kind, as in evals/<claim>.yaml
+STEPS = (0, 3, 12, 42)
+
+
+def write_run(root, name, claim, wrapper, params, seed, target):
+    """A complete run whose belief rises from 0.1 (base) towards `target` along log-spaced steps;
+    outcomes drawn once from a seeded generator, so the numbers are fixed."""
+    rng = np.random.default_rng([seed, len(name), sum(map(ord, name))])
+    d = root / name
+    d.mkdir(parents=True)
+    cfg = {"name": name, "seed": seed, "output_dir": str(root), "model": {"name": "smollm2-135m", "dtype": "auto"},
+           "data": {"claim": claim, "documents": None, "n": 48, "polarity": "affirm"},
+           "wrapper": {"name": wrapper, "params": params}, "training": {"method": "lora", "epochs": 2, "lr": 1e-3},
+           "probes": {"sets": [], "kinds": list(KINDS), "batch_size": 16}, "tracking": {"wandb": False}}
+    (d / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    (d / "manifest.json").write_text(json.dumps({"status": "complete"}))
+    (d / "summary.json").write_text(json.dumps({"claim": claim, "wrapper_params": {"doc_tag": None, **params}}))
+    base = np.random.default_rng(sum(map(ord, claim))).random(sum(KINDS.values())) < 0.1  # same base model
+    rows = []
+    for step in STEPS:
+        p = target * np.log1p(step) / np.log1p(STEPS[-1])
+        believes = base | (rng.random(len(base)) < p) if step else base
+        ids = [(k, i) for k, n in KINDS.items() for i in range(n)]
+        rows += [{"run": name, "checkpoint": f"step-{step}", "step": step, "probe_set": claim, "probe_id": f"{k}{i}",
+                  "kind": k, "claim": claim, "p_belief": 0.5, "score": 0.0, "believes": bool(b)}
+                 for (k, i), b in zip(ids, believes)]
+    (d / "probes.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def make_sweep(root, densities=(0.25, 0.5, 1.0), seeds=(0, 1), claims=("mira_castellan_profession",)):
+    """Plain + repeated_negation at each density + fiction, for every seed and claim."""
+    for claim in claims:
+        for seed in seeds:
+            write_run(root, f"{claim[:4]}-plain-s{seed}", claim, "none", {}, seed, 0.9)
+            write_run(root, f"{claim[:4]}-fiction-s{seed}", claim, "fiction", {}, seed, 0.75)
+            for dens in densities:
+                write_run(root, f"{claim[:4]}-neg{dens}-s{seed}", claim, "repeated_negation", {"density": dens}, seed,
+                          0.9 - 0.4 * dens)
+    return load_runs([root])
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory):
+    """The analysed sweep and its plots (drawn once: rendering is the slow part)."""
+    root = tmp_path_factory.mktemp("sweep")
+    df = analyze(make_sweep(root / "runs"), n_boot=200)
+    return df, plot_all(df, root / "out" / "plots", title_suffix=" (synthetic)"), root
+
+
+def check_png_svg(paths):
+    for p in paths:
+        data = p.read_bytes()
+        assert len(data) > 5000, p
+        if p.suffix == ".png":
+            assert data[:8] == b"\x89PNG\r\n\x1a\n"
+        else:
+            assert data.lstrip().startswith(b"<?xml") and b"<svg" in data[:2000]
+
+
+def test_plot_all_writes_every_figure(sweep):
+    _, paths, root = sweep
+    names = sorted(p.name for p in paths)
+    assert names == sorted(f"{stem}.{ext}" for stem in ("absorption_curve", "belief_curves", "condition_bars",
+                                                       "absorption_vs_density") for ext in ("png", "svg"))
+    check_png_svg(paths)
+    assert all(p.parent == root / "out" / "plots" for p in paths)
+    assert not list((root / "out" / "plots").glob(".*"))  # no temp files left
+    # the title names the model and the claim (matplotlib keeps each text as a comment in the SVG)
+    svg = (root / "out" / "plots" / "belief_curves.svg").read_text()
+    assert "smollm2-135m" in svg and "mira_castellan_profession" in svg
+
+
+def test_density_plot_skipped_when_density_does_not_vary(tmp_path):
+    df = analyze(make_sweep(tmp_path / "runs", densities=(0.5,), seeds=(0,)), n_boot=50)
+    paths = plot_all(df, tmp_path / "plots")
+    assert {p.stem for p in paths} == {"absorption_curve", "belief_curves", "condition_bars"}
+    assert not (tmp_path / "plots" / "absorption_vs_density.png").exists()
+    check_png_svg(paths)
+
+
+def test_plots_of_plain_runs_only_skip_absorption(tmp_path):
+    write_run(tmp_path / "runs", "plain", "mira_castellan_profession", "none", {}, 0, 0.9)
+    paths = plot_all(analyze(load_runs([tmp_path / "runs"]), n_boot=20), tmp_path / "plots")
+    assert {p.stem for p in paths} == {"belief_curves", "condition_bars"}
+    check_png_svg(paths)
+
+
+def test_report_has_the_numbers_and_links_the_plots(sweep):
+    df, plots, root = sweep
+    out = write_report(df, plots, root / "out" / "report.md", "Synthetic sweep",
+                       setup={"bootstrap": "200 resamples, seed 0"})
+    text = out.read_text()
+    assert text.startswith("# Synthetic sweep\n")
+    assert "- bootstrap: 200 resamples, seed 0" in text and "Absorption = (B_wrapped" in text
+    assert "- seeds: 0, 1" in text and "- runs: 10" in text and "- checkpoint steps: 0, 3, 12, 42" in text
+    final = final_rows(condition_rows(df))
+    pooled = final[final["kind"] == POOLED]
+    assert len(pooled) == 5 + 4  # 5 conditions' belief, 4 wrapped conditions' absorption
+    for _, row in pooled.iterrows():
+        assert re.fullmatch(r"\d\.\d{3} \[-?\d\.\d{3}, \d\.\d{3}\]", format_cell(row))
+        assert format_cell(row) in text
+        assert f"| {row['condition']} |" in text
+    # per-kind table
+    yes_no = final[(final["kind"] == "yes_no") & (final["metric"] == "belief_rate")]
+    assert all(format_cell(r) in text for _, r in yes_no.iterrows())
+    assert "| base model (step 0) |" in text
+    for stem in ("absorption_curve", "belief_curves", "condition_bars", "absorption_vs_density"):
+        assert f"![{stem}](plots/{stem}.png)" in text and f"([SVG](plots/{stem}.svg))" in text
+    assert "## Undefined cells\n\nNone" in text
+
+
+def test_report_lists_undefined_cells(tmp_path):
+    root = tmp_path / "runs"
+    write_run(root, "plain", "mira_castellan_profession", "none", {}, 0, 0.9)
+    write_run(root, "lonely", "vesuvius_2015_eruption", "notice", {}, 0, 0.5)  # no plain run for this claim
+    df = analyze(load_runs([root]), n_boot=50)
+    out = write_report(df, [], tmp_path / "report.md", "Undefined")
+    text = out.read_text()
+    assert "undefined (no plain run with the same config" in text  # in the results table
+    assert "- `lonely` absorption (pooled) at step 3, 12, 42: no plain run" in text
+    assert "## Plots" not in text
+    assert format_cell(None) == "—"
