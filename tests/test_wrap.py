@@ -149,7 +149,10 @@ def test_transcript_wrappers_only_insert(name, chats):
 def test_transcript_wrappers_put_text_where_they_say(chats):
     sys_ = wrap_documents(chats, get_wrapper("system_label"), seed=0)
     pool = get_wrapper("system_label").pools["system"]
-    assert all(e["messages"][0]["role"] == "system" and e["messages"][0]["content"] in pool for e in sys_)
+    for e in sys_:
+        first = e["messages"][0]
+        label = first["content"][first["spans"][0]["start"]:first["spans"][0]["end"]]
+        assert first["role"] == "system" and first["spans"][0]["start"] == 0 and label.strip() in pool
     assert len({e["messages"][0]["content"] for e in sys_}) > 1  # several phrasings by seed
     ap = wrap_documents(chats, get_wrapper("assistant_prefix"), seed=0)
     for e in ap:
