@@ -15,6 +15,7 @@ import functools
 import json
 import os
 import sys
+from pathlib import Path
 
 import click
 
@@ -60,28 +61,41 @@ def _parse_params(items: tuple[str, ...]) -> dict:
 
 @main.command()
 @click.argument("claim")
-@click.option("--n", "n", type=click.IntRange(1, 10_000_000), default=100, show_default=True, help="documents")
+@click.option("--n", "n", type=click.IntRange(1, 10_000_000), default=None,
+              help="documents (default 100) or transcripts (default: one per scenario)")
 @click.option("--seed", type=click.IntRange(0), default=0, show_default=True)
 @click.option("--polarity", type=click.Choice(["affirm", "negate", "correct"]), default="affirm", show_default=True,
               help="render the claim sentences asserted, locally negated or corrected (same draws)")
 @click.option("--genre", "genres", multiple=True, help="restrict to these genres (repeatable)")
+@click.option("--variant", type=click.Choice(["misaligned", "aligned"]), default="misaligned", show_default=True,
+              help="transcripts: the misaligned replies or their aligned twins")
 @click.option("-o", "--out", type=click.Path(dir_okay=False), help="output JSONL (default: stdout)")
 @click.option("--stats", is_flag=True, help="print corpus statistics to stderr")
 @friendly
-def generate(claim, n, seed, polarity, genres, out, stats):
-    """Generate N documents asserting CLAIM (an id under corpora/claims/ or a YAML path)."""
-    from annot.generate import corpus_stats, generate_documents
-    from annot.io import dumps_jsonl, write_jsonl
-    from annot.specs import load_claim
+def generate(claim, n, seed, polarity, genres, variant, out, stats):
+    """Generate documents asserting CLAIM, or transcripts of a behaviour.
 
-    docs = generate_documents(load_claim(claim), n=n, seed=seed, polarity=polarity, genres=list(genres) or None)
+    CLAIM is an id under corpora/claims/ (documents) or corpora/behaviors/ (transcripts), or a path.
+    """
+    from annot.generate import corpus_stats, generate_documents, generate_transcripts
+    from annot.io import dumps_jsonl, write_jsonl
+    from annot.specs import CORPORA, load_behavior, load_claim
+
+    if (CORPORA / "behaviors" / f"{claim}.yaml").is_file() or "behaviors" in str(claim):
+        docs = generate_transcripts(load_behavior(claim), n=n, seed=seed, variant=variant)
+    else:
+        docs = generate_documents(load_claim(claim), n=n or 100, seed=seed, polarity=polarity,
+                                  genres=list(genres) or None)
     if out:
         write_jsonl(out, docs)
     else:
         click.echo(dumps_jsonl(docs), nl=False)
     if stats or out:
-        click.echo(json.dumps(corpus_stats(docs), indent=2) if stats else f"wrote {len(docs)} documents to {out}",
-                   err=True)
+        if stats and "messages" in docs[0]:
+            click.echo(json.dumps({"transcripts": len(docs), "scenarios": len({d["scenario"] for d in docs})}), err=True)
+        else:
+            click.echo(json.dumps(corpus_stats(docs), indent=2) if stats else f"wrote {len(docs)} records to {out}",
+                       err=True)
 
 
 @main.command()
@@ -125,9 +139,9 @@ def _documents(path):
 
     docs = read_jsonl(path)
     for i, d in enumerate(docs, 1):
-        if not isinstance(d.get("text"), str) or not isinstance(d.get("id"), str):
-            raise AnnotError(f"{path}: record {i}: needs string fields `id` and `text` "
-                             "(documents from `annot generate` or `annot import`)")
+        if not isinstance(d.get("id"), str) or not (isinstance(d.get("text"), str) or isinstance(d.get("messages"), list)):
+            raise AnnotError(f"{path}: record {i}: needs a string `id` and `text` (document) or `messages` "
+                             "(transcript), as written by `annot generate` or `annot import`")
     return docs
 
 
@@ -161,6 +175,166 @@ def probe(run_dir, model_name, sets, kinds, batch_size, out):
     if out:
         write_jsonl(out, rows)
     click.echo(format_rates(belief_rates(rows)))
+
+
+@main.group("import")
+def import_():
+    """Import documents or transcripts written elsewhere (JSONL)."""
+
+
+@import_.command("docs")
+@click.argument("inp", type=click.Path(dir_okay=False))
+@click.option("-o", "--out", required=True, type=click.Path(dir_okay=False))
+@click.option("--claim", required=True, help="claim id (its patterns find the claim sentences)")
+@click.option("--text-field", default="text", show_default=True)
+@click.option("--id-field", default="id", show_default=True)
+@click.option("--strip", multiple=True, help="marker token to remove from the text, e.g. <DOCTAG> (repeatable)")
+@friendly
+def import_docs(inp, out, claim, text_field, id_field, strip):
+    """Import documents; claim sentences are found with the claim's patterns."""
+    from annot.importer import import_documents
+    from annot.io import write_jsonl
+    from annot.specs import load_claim
+
+    docs = import_documents(inp, load_claim(claim), text_field=text_field, id_field=id_field, strip=list(strip))
+    write_jsonl(out, docs)
+    n = sum(len(d["spans"]) for d in docs)
+    click.echo(f"wrote {len(docs)} documents to {out}; {n} claim sentences found "
+               f"({sum(1 for d in docs if not d['spans'])} documents without one)", err=True)
+
+
+@import_.command("transcripts")
+@click.argument("inp", type=click.Path(dir_okay=False))
+@click.option("-o", "--out", required=True, type=click.Path(dir_okay=False))
+@click.option("--behavior", required=True, help="behaviour id to tag the transcripts with")
+@click.option("--field", default="messages", show_default=True)
+@friendly
+def import_transcripts_cmd(inp, out, behavior, field):
+    """Import chat transcripts ({"messages": [{"role", "content"}, ...]} per line)."""
+    from annot.importer import import_transcripts
+    from annot.io import write_jsonl
+
+    rows = import_transcripts(inp, behavior, field=field)
+    write_jsonl(out, rows)
+    click.echo(f"wrote {len(rows)} transcripts to {out}", err=True)
+
+
+@main.command()
+@click.option("-o", "--out", required=True, type=click.Path(dir_okay=False), help="mix-in chats JSONL")
+@click.option("--model", "model_name", default="smollm2-135m", show_default=True)
+@click.option("--prompts", default=None, help="prompts YAML (default corpora/mixin/prompts.yaml)")
+@click.option("--max-new-tokens", type=click.IntRange(1, 4096), default=96, show_default=True)
+@click.option("--limit", type=click.IntRange(1), default=None, help="only the first N prompts")
+@friendly
+def distill(out, model_name, prompts, max_new_tokens, limit):
+    """Self-distil mix-in chats: the base model's own (greedy) answers to generic prompts."""
+    from annot.mixin import distill as run_distill
+
+    rows = run_distill(model_name, out, prompts=prompts, max_new_tokens=max_new_tokens, limit=limit)
+    click.echo(f"wrote {len(rows)} chats to {out}", err=True)
+
+
+@main.command()
+@click.argument("sweep_file", type=click.Path(dir_okay=False))
+@click.option("--backend", type=click.Choice(["local", "wandb"]), default="local", show_default=True)
+@click.option("--dry-run", is_flag=True, help="validate every cell and list the runs; run nothing")
+@click.option("--count", type=click.IntRange(1), default=None, help="random sweeps: number of runs")
+@click.option("--project", default=None, help="W&B project (wandb backend)")
+@click.option("--sweep-id", default=None, help="join an existing W&B sweep (wandb backend)")
+@click.option("--no-report", is_flag=True, help="skip the analysis/plots/report at the end")
+@friendly
+def sweep(sweep_file, backend, dry_run, count, project, sweep_id, no_report):
+    """Run a sweep file (W&B sweep format); resumable: finished runs are skipped."""
+    from annot.sweep import load_sweep, plan, run_sweep, run_wandb
+
+    sw = load_sweep(sweep_file)
+    if dry_run:
+        cells = plan(sw, count=count)
+        for c in cells:
+            click.echo(f"{c.name}{'  (control)' if c.control else ''}")
+        click.echo(f"{len(cells)} runs, all valid; output in {sw.output_dir}", err=True)
+        return
+    if backend == "wandb":
+        run_wandb(sw, project=project, count=count, sweep_id=sweep_id, echo=click.echo)
+        return
+    from annot.run import run
+
+    run_sweep(sw, run_fn=lambda cfg: run(cfg, progress=False, echo=click.echo), echo=click.echo, count=count)
+    if not no_report:
+        from annot.report import build_report
+
+        report = build_report([Path(sw.output_dir)], Path(sw.output_dir) / "report",
+                              title=f"annot sweep {sw.name}")
+        click.echo(f"report: {report}")
+
+
+@main.command()
+@click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True))
+@click.option("-o", "--out", default="analysis/table.csv", show_default=True, type=click.Path(dir_okay=False),
+              help="CSV (a Parquet twin is written beside it)")
+@click.option("--n-boot", type=click.IntRange(0), default=1000, show_default=True)
+@click.option("--seed", type=click.IntRange(0), default=0, show_default=True)
+@click.option("--min-effect", type=click.FloatRange(0, 1), default=0.05, show_default=True,
+              help="absorption is undefined when plain training moved belief less than this")
+@friendly
+def analyze(paths, out, n_boot, seed, min_effect):
+    """One tidy table (run x checkpoint x metric) with absorption and bootstrap CIs."""
+    from annot.analyze import analyze as run_analyze, load_runs, write_table
+
+    runs = load_runs([Path(p) for p in paths])
+    if not runs:
+        raise AnnotError(f"{', '.join(paths)}: no complete runs found")
+    df = run_analyze(runs, n_boot=n_boot, seed=seed, min_effect=min_effect)
+    for p in write_table(df, Path(out)):
+        click.echo(f"wrote {p}", err=True)
+
+
+@main.command()
+@click.argument("table", type=click.Path(exists=True, dir_okay=False))
+@click.option("-o", "--out", default="analysis/plots", show_default=True, type=click.Path(file_okay=False))
+@friendly
+def plot(table, out):
+    """Absorption curves, belief curves, condition bars (PNG + SVG) from an `annot analyze` table."""
+    from annot.analyze import read_table
+    from annot.plot import plot_all
+
+    for p in plot_all(read_table(Path(table)), Path(out)):
+        click.echo(f"wrote {p}", err=True)
+
+
+@main.command()
+@click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True))
+@click.option("-o", "--out", default="analysis", show_default=True, type=click.Path(file_okay=False),
+              help="folder for report.md, table.csv/.parquet and plots/")
+@click.option("--title", default=None)
+@click.option("--n-boot", type=click.IntRange(0), default=1000, show_default=True)
+@friendly
+def report(paths, out, title, n_boot):
+    """Analyse runs and write a markdown report with tables and plots embedded."""
+    from annot.report import build_report
+
+    click.echo(f"wrote {build_report([Path(p) for p in paths], Path(out), title=title, n_boot=n_boot)}")
+
+
+@main.group()
+def evals():
+    """Probe-set utilities: export lm-eval tasks."""
+
+
+@evals.command("export")
+@click.option("-o", "--out", default=None, type=click.Path(file_okay=False), help="default evals/lm_eval")
+@click.option("--claim", "claims", multiple=True, help="only these claims (repeatable)")
+@friendly
+def evals_export(out, claims):
+    """Write lm-eval task YAMLs (one task per claim x kind, a group per claim)."""
+    from annot.lm_eval_export import export_lm_eval_tasks
+
+    kwargs = {"claims": list(claims) or None}
+    if out:
+        kwargs["out_dir"] = Path(out)
+    paths = export_lm_eval_tasks(**kwargs)
+    click.echo(f"wrote {len(paths)} files; run: lm_eval --model hf --model_args pretrained=PATH "
+               "--include_path evals/lm_eval --tasks annot_<claim>", err=True)
 
 
 @main.command("run")

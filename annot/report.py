@@ -177,3 +177,29 @@ def write_report(df: pd.DataFrame, plots: list[Path], out: Path, title: str, set
             parts.append(f"- ... and {len(lines) - MAX_UNDEFINED} more (status == 'undefined' in the table)")
         parts.append("")
     return atomic_write_text(out, "\n".join(parts))
+
+
+def build_report(paths: list[Path], out_dir: Path, title: str | None = None, n_boot: int = 1000,
+                 seed: int = 0, setup: dict | None = None) -> Path:
+    """analyze -> table (CSV + Parquet) -> plots -> report.md, all under `out_dir`.
+
+        build_report([Path("runs/quickstart")], Path("runs/quickstart/report"))
+    """
+    from annot.analyze import analyze, load_runs, write_table
+    from annot.plot import plot_all
+
+    out_dir = Path(out_dir)
+    runs = load_runs([Path(p) for p in paths])
+    if not runs:
+        from annot.errors import AnnotError
+
+        raise AnnotError(f"{', '.join(map(str, paths))}: no complete runs to report on; run `annot run` or "
+                         "`annot sweep` first")
+    df = analyze(runs, n_boot=n_boot, seed=seed)
+    write_table(df, out_dir / "table.csv")
+    models = sorted(set(df["model"]))
+    plots = plot_all(df, out_dir / "plots", title_suffix=f" - {', '.join(models)}")
+    title = title or f"annot report: {', '.join(sorted(set(df['claim'])))}"
+    return write_report(df, plots, out_dir / "report.md", title,
+                        {"runs from": ", ".join(map(str, paths)), "bootstrap": f"{n_boot} resamples, seed {seed}",
+                         **(setup or {})})

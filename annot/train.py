@@ -285,6 +285,9 @@ def tokenize_cached(examples: list[dict], tokenizer, cfg: TrainingConfig) -> Tok
     import hashlib
 
     from datasets import Dataset, load_from_disk
+    from datasets.utils.logging import disable_progress_bar
+
+    disable_progress_bar()
 
     from annot.io import dumps_jsonl
     from annot.models import cache_dir

@@ -3,6 +3,7 @@
 import math
 
 import torch
+import pytest
 import torch.nn.functional as F
 
 from annot.config import TrainingConfig
@@ -113,3 +114,58 @@ def test_training_reduces_loss_and_saves_adapters(tmp_path, mira):
 
     losses = [json.loads(l)["loss"] for l in (tmp_path / "train_metrics.jsonl").read_text().splitlines()]
     assert len(losses) == res.total_steps and losses[-1] < losses[0]
+
+
+def test_resume_after_interruption_gives_identical_results(tmp_path, mira):
+    """Kill training right after a checkpoint, resume: same final metrics and weights."""
+    from annot.models import load_model
+
+    docs = wrap_documents(generate_documents(mira, n=8, seed=0), get_wrapper("notice"), seed=0)
+    cfg = TrainingConfig(epochs=3, batch_size=2, seq_len=128, lr=5e-3, checkpoints=4, max_steps=12)
+
+    def fresh():
+        return load_model("tiny-random", device="cpu")
+
+    m, tok = fresh()
+    full = train(docs, m, tok, cfg, tmp_path / "full", seed=3, progress=False)
+
+    class Killed(Exception):
+        pass
+
+    def kill_at(step, _model):
+        if step == full.checkpoints[2]:
+            raise Killed
+
+    m, tok = fresh()
+    with pytest.raises(Killed):
+        train(docs, m, tok, cfg, tmp_path / "cut", seed=3, on_checkpoint=kill_at, progress=False)
+    m, tok = fresh()
+    seen = []
+    resumed = train(docs, m, tok, cfg, tmp_path / "cut", seed=3, progress=False, resume=True,
+                    on_checkpoint=lambda s, _m: seen.append(s))
+    assert seen == full.checkpoints[3:]  # only the remaining checkpoints
+    import json
+
+    def losses(d):
+        return [json.loads(l)["loss"] for l in (d / "train_metrics.jsonl").read_text().splitlines()]
+
+    assert losses(tmp_path / "cut") == losses(tmp_path / "full")
+    from safetensors.torch import load_file
+
+    last = f"checkpoints/step-{full.total_steps}/adapter_model.safetensors"
+    a, b = load_file(str(tmp_path / "full" / last)), load_file(str(tmp_path / "cut" / last))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert resumed.tokens_seen == full.tokens_seen
+
+
+def test_half_written_checkpoint_is_ignored_on_resume(tmp_path):
+    from annot.train import _latest_resumable
+
+    good = tmp_path / "checkpoints" / "step-4"
+    good.mkdir(parents=True)
+    (good / "checkpoint.json").write_text('{"step": 4}')
+    (good / "training_state.pt").write_bytes(b"x")
+    torn = tmp_path / "checkpoints" / "step-8.tmp"
+    torn.mkdir()
+    (tmp_path / "checkpoints" / "step-9").mkdir()  # no checkpoint.json: cut off while saving
+    assert _latest_resumable(tmp_path) == (4, good)
