@@ -34,6 +34,8 @@ class DataConfig(Strict):
                                                      "generated from the claim when absent")
     n: int = Field(24, ge=1, le=1_000_000, description="documents to generate when `documents` is absent")
     polarity: Literal["affirm", "negate", "correct"] = "affirm"
+    genres: list[str] | None = Field(None, description="generate only these genres")
+    n_genres: int | None = Field(None, ge=1, description="generate from this many genres (a seeded choice)")
     behavior: str | None = Field(None, description="train on transcripts of this behaviour instead of documents")
     variant: Literal["misaligned", "aligned"] = "misaligned"
     transcripts: str | None = Field(None, description="transcripts JSONL (from `annot import transcripts`)")

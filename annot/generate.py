@@ -245,5 +245,6 @@ def generate_transcripts(behavior, n: int | None = None, seed: int = 0, variant:
             {"role": "assistant", "content": sc.misaligned if variant == "misaligned" else sc.aligned},
         ]
         out.append({"id": f"{behavior.id}-s{seed}-{i:05d}", "behavior": behavior.id, "scenario": sc.id,
-                    "variant": variant, "seed": seed, "messages": messages})
+                    "variant": variant, "seed": seed, "messages": messages,
+                    "replies": {"misaligned": sc.misaligned, "aligned": sc.aligned}})
     return out

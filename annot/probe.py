@@ -39,9 +39,9 @@ def chat_prompt(tokenizer, question: str, system: str | None = None) -> str:
 
 
 def encode_pair(tokenizer, context: str, continuation: str) -> tuple[list[int], list[int]]:
-    """Split like lm-eval's HF model: trailing spaces of the context move to the continuation, the
+    """Split like lm-eval's HF model: trailing whitespace of the context moves to the continuation, the
     pair is encoded as one string, and the context's own encoding length marks the split."""
-    n_spaces = len(context) - len(context.rstrip(" "))
+    n_spaces = len(context) - len(context.rstrip())
     if n_spaces:
         continuation = context[-n_spaces:] + continuation
         context = context[:-n_spaces]

@@ -79,6 +79,8 @@ def check_inputs(cfg: RunConfig) -> tuple[object, list[tuple[str, ProbeSet]], di
     if d.mixin_ratio > 0 and not d.mixin:
         raise AnnotError("data.mixin_ratio: > 0 but data.mixin is not set; give a mix-in JSONL "
                          "(e.g. from `annot distill`)")
+    if d.claim:
+        pick_genres(cfg)
     wrapper = get_wrapper(cfg.wrapper.name)
     kind = "documents" if d.claim else "transcripts"
     if wrapper.applies_to not in (kind, "both"):
@@ -101,10 +103,28 @@ def load_training_data(cfg: RunConfig, subject) -> list[dict]:
     if d.claim:
         if d.documents:
             return read_jsonl(d.documents)
-        return generate_documents(subject, n=d.n, seed=cfg.seed, polarity=d.polarity)
+        return generate_documents(subject, n=d.n, seed=cfg.seed, polarity=d.polarity, genres=pick_genres(cfg))
     if d.transcripts:
         return read_jsonl(d.transcripts)
     return generate_transcripts(subject, n=d.n, seed=cfg.seed, variant=d.variant)
+
+
+def pick_genres(cfg: RunConfig) -> list[str] | None:
+    """data.genres, or the first data.n_genres of a seeded shuffle of all genres (diversity sweeps)."""
+    from annot.specs import load_genres
+
+    d = cfg.data
+    names = sorted(load_genres().genres)
+    if d.genres:
+        unknown = [g for g in d.genres if g not in names]
+        if unknown:
+            raise AnnotError(f"data.genres: unknown genre(s) {', '.join(unknown)}; known: {', '.join(names)}")
+    if not d.n_genres:
+        return d.genres
+    pool = d.genres or names
+    if d.n_genres > len(pool):
+        raise AnnotError(f"data.n_genres: {d.n_genres} exceeds the {len(pool)} genres available")
+    return sorted(random.Random(f"genres:{cfg.seed}").sample(pool, d.n_genres))
 
 
 def mix_in(examples: list[dict], cfg: RunConfig) -> list[dict]:
@@ -223,8 +243,9 @@ def run(cfg: RunConfig, *, progress: bool = True, echo: Callable[[str], None] = 
                "tokens_seen": result.tokens_seen, "final_loss": metrics[-1]["loss"] if metrics else None,
                "belief_rates": {str(k): v for k, v in rates.items()}}
     write_json(run_dir / "summary.json", summary)
+    tracker.table("probes", rows)
     if rates:
-        tracker.summary({"final_rate_pooled": rates[max(rates)]["pooled"]})
+        tracker.summary({"final_rate_pooled": rates[max(rates)]["pooled"], "final_loss": summary["final_loss"]})
     tracker.finish()
     manifest.update(status="complete", finished=_now())
     write_json(manifest_path, manifest)

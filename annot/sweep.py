@@ -375,6 +375,9 @@ def _make_cell(sweep: Sweep, params: dict, base: dict, abbrev: dict, control: bo
     name = run_name(params, abbrev)
     data["name"] = name
     data["output_dir"] = str(sweep.output_dir)
+    tracking = data.setdefault("tracking", {})
+    if isinstance(tracking, dict) and not tracking.get("group"):
+        tracking["group"] = sweep.name  # runs of one sweep share a W&B group
     cfg = config_from_dict(data, f"{sweep.path} (run {name})")
     return Cell(name=name, params=params, config=cfg, control=control)
 

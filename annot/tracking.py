@@ -27,6 +27,16 @@ class Tracker:
         if self.run is not None:
             self.run.log(data, step=step)
 
+    def table(self, name: str, rows: list[dict]) -> None:
+        """Log rows (e.g. every probe x checkpoint) as a W&B table."""
+        if self.run is None or not rows:
+            return
+        import wandb
+
+        cols = sorted({k for r in rows for k in r})
+        self.run.log({name: wandb.Table(columns=cols, data=[[r.get(c) if not isinstance(r.get(c), (list, dict))
+                                                              else str(r.get(c)) for c in cols] for r in rows])})
+
     def summary(self, data: dict) -> None:
         if self.run is not None:
             self.run.summary.update(data)

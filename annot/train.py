@@ -409,6 +409,10 @@ def train(examples: list[dict], model, tokenizer, cfg: TrainingConfig, out_dir: 
         save_checkpoint(model, opt, out_dir, step, cfg.method, {"tokens_seen": tokens_seen, "step": step})
         if on_checkpoint:
             on_checkpoint(step, model)
+        if os.environ.get("ANNOT_FAULT_KILL_AT_STEP") == str(step):  # fault injection for resume tests
+            import signal
+
+            os.kill(os.getpid(), signal.SIGKILL)
 
     if 0 in ckpts and not found:
         checkpoint(0)

@@ -415,7 +415,17 @@ def t_append_turn(msgs, wrapper, params, rng, fill):
     return out
 
 
-TRANSCRIPT_STRATEGIES = {"identity", "t_system", "t_user_prefix", "t_assistant_label", "t_append_turn"}
+@strategy("t_swap_reply")
+def t_swap_reply(msgs, wrapper, params, rng, fill):
+    """The aligned-data control: the last assistant reply replaced by its recorded twin."""
+    replies = fill.get("_replies")
+    if not replies or params.get("reply", "aligned") not in replies:
+        raise AnnotError(f"wrapper {wrapper.name} needs the paired replies that generated transcripts carry "
+                         "(`annot generate <behavior> --variant aligned` for imported ones)")
+    last = max(i for i, m in enumerate(msgs) if m["role"] == "assistant")
+    out = list(msgs)
+    out[last] = {"role": "assistant", "content": replies[params.get("reply", "aligned")]}
+    return out
 
 
 def wrap_transcript(rec: dict, wrapper: Wrapper, params: dict, seed: int) -> dict:
@@ -433,10 +443,12 @@ def wrap_transcript(rec: dict, wrapper: Wrapper, params: dict, seed: int) -> dic
         except AnnotError:
             fill.setdefault("behavior_description", "behave in the way shown")
     fill.update({k: v for k, v in params.items() if isinstance(v, (int, float, str)) and not isinstance(v, bool)})
+    fill["_replies"] = rec.get("replies")
     msgs = [dict(m) for m in rec["messages"]]
     fn = _strategy_fn(wrapper.strategy, wrapper.path)
     new = msgs if wrapper.strategy == "identity" else fn(msgs, wrapper, params, rng, fill)
     return {"id": rec["id"], "source_id": rec["id"], "behavior": rec.get("behavior"), "kind": "transcript",
+            **({"scenario": rec["scenario"]} if "scenario" in rec else {}),
             "messages": new, "wrapper": {"name": wrapper.name, "params": params}, "seed": seed}
 
 

@@ -138,26 +138,20 @@ def test_cloze_equals_annot_probe(exported, lm_eval_run, annot_rows):
     assert theirs["acc_norm,none"] == _rate(annot_rows[d["id"]]["believes_norm"] for d in docs)
 
 
-def test_mcq_equals_annot_probe_up_to_the_prompt_newline(tiny, exported, lm_eval_run, annot_rows):
+def test_mcq_equals_annot_probe(tiny, exported, lm_eval_run, annot_rows):
     model, tok = tiny
     _, out, _ = exported
     results, lls = lm_eval_run
     docs = read_task_docs(CLAIM, "mcq", out)
     theirs = results[task_name(CLAIM, "mcq")]
     assert theirs["acc,none"] == _rate(annot_rows[d["id"]]["believes"] for d in docs)
-    # lm-eval moves the chat prompt's trailing "\n" into every continuation; annot scores the choice alone.
-    # The difference is the same log P("\n" | prompt) for all choices of an item: argmax (acc) is unchanged,
-    # ll / length (acc_norm) is not, so acc_norm is compared with annot's numbers plus that term.
+    # Both engines move the chat prompt's trailing "\n" into every continuation (lm-eval's split),
+    # so the per-choice log-likelihoods, acc and acc_norm all agree.
     items = {i.id: i for i in load_probe_set(CLAIM).items}
-    norm_hits = []
     for doc in docs:
         assert doc["context"] == chat_prompt(tok, items[doc["id"]].question)
-        (newline,) = loglikelihoods(model, tok, [lm_eval_split(doc["context"], "")])
-        annot_ll = annot_rows[doc["id"]]["choice_logliks"]
-        assert lls["mcq"][doc["id"]] == pytest.approx([x + newline for x in annot_ll], abs=1e-4)
-        shifted = [(x + newline) / len(c) for x, c in zip(annot_ll, doc["choices"])]
-        norm_hits.append(max(range(len(shifted)), key=shifted.__getitem__) == doc["target"])
-    assert theirs["acc_norm,none"] == _rate(norm_hits)
+        assert lls["mcq"][doc["id"]] == pytest.approx(annot_rows[doc["id"]]["choice_logliks"], abs=1e-4)
+    assert theirs["acc_norm,none"] == _rate(annot_rows[d["id"]]["believes_norm"] for d in docs)
     print(f"\nmcq: lm-eval acc={theirs['acc,none']:.4f} acc_norm={theirs['acc_norm,none']:.4f} | annot believes="
           f"{_rate(annot_rows[d['id']]['believes'] for d in docs):.4f} believes_norm="
           f"{_rate(annot_rows[d['id']]['believes_norm'] for d in docs):.4f}")

@@ -58,3 +58,55 @@ def test_same_seed_same_data_and_metrics(tmp_path):
             x = [json.loads(l)["loss"] for l in x.splitlines()]
             y = [json.loads(l)["loss"] for l in y.splitlines()]
         assert x == y, f
+
+
+def test_wandb_offline_run_files_are_written(tmp_path, monkeypatch):
+    env_key = "sk-test-PLANTED-SECRET-123"
+    out = subprocess.run([sys.executable, "-m", "annot.cli", "run", str(CONFIG), "--no-progress",
+                          "--set", "model.name=tiny-random", "--set", "data.n=6", "--set", "training.epochs=1",
+                          "--set", "tracking.wandb=true", "--set", f"output_dir={tmp_path / 'runs'}"],
+                         capture_output=True, text=True, timeout=300,
+                         env={**__import__("os").environ, "WANDB_MODE": "offline", "WANDB_API_KEY": env_key})
+    assert out.returncode == 0, out.stderr[-3000:]
+    d = tmp_path / "runs" / "first_run"
+    offline = list((d / "wandb").glob("offline-run-*"))
+    assert offline and list(offline[0].glob("*.wandb"))  # the run's data file exists, syncable later
+    # the key comes from the environment only and is never written by annot
+    for f in d.rglob("*"):
+        if f.is_file() and f.suffix in (".json", ".jsonl", ".yaml", ".md", ".csv"):
+            assert env_key not in f.read_text(errors="ignore"), f
+
+
+def test_resume_an_interrupted_run_keeps_earlier_work(tmp_path):
+    """A run SIGKILLed right after a checkpoint resumes from it; the results equal a clean run's."""
+    import os
+    import signal
+
+    clean = run_cli(tmp_path / "clean", "--set", "training.checkpoints=4", "--set", "data.n=16")
+    assert clean.returncode == 0
+    steps = json.loads((tmp_path / "clean/runs/first_run/summary.json").read_text())["checkpoints"]
+    args = [sys.executable, "-m", "annot.cli", "run", str(CONFIG), "--no-progress", "--set", "model.name=tiny-random",
+            "--set", "data.n=16", "--set", "training.epochs=1", "--set", "training.checkpoints=4",
+            "--set", f"output_dir={tmp_path / 'cut' / 'runs'}"]
+    d = tmp_path / "cut" / "runs" / "first_run"
+    # fault injection: the process SIGKILLs itself right after the second trained checkpoint
+    died = subprocess.run(args, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "ANNOT_FAULT_KILL_AT_STEP": str(steps[2])})
+    assert died.returncode == -signal.SIGKILL
+    man = json.loads((d / "manifest.json").read_text())
+    assert man["status"] == "running" and not (d / "summary.json").exists()  # nothing looks complete
+    again = subprocess.run(args, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0 and "resuming" in again.stdout, again.stdout + again.stderr
+    c = tmp_path / "clean" / "runs" / "first_run"
+    for f in ("probes.jsonl", "wrapped.jsonl"):
+        assert (c / f).read_text() == (d / f).read_text(), f
+    loss = lambda p: [json.loads(l)["loss"] for l in (p / "train_metrics.jsonl").read_text().splitlines()]
+    assert loss(c) == loss(d)
+    assert json.loads((d / "manifest.json").read_text())["status"] == "complete"
+
+
+def test_changed_config_is_not_silently_mixed_into_an_old_run(tmp_path):
+    assert run_cli(tmp_path).returncode == 0
+    out = run_cli(tmp_path, "--set", "training.lr=5e-4")
+    assert out.returncode == 2 and "holds a run with a different config" in out.stderr
+    assert run_cli(tmp_path, "--set", "training.lr=5e-4", "--force").returncode == 0

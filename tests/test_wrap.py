@@ -131,7 +131,7 @@ def chats():
     return generate_transcripts(load_behavior("power_seeking"), n=20, seed=0)
 
 
-@pytest.mark.parametrize("name", TRANSCRIPT_WRAPPERS)
+@pytest.mark.parametrize("name", [n for n in TRANSCRIPT_WRAPPERS if n != "aligned_control"])
 def test_transcript_wrappers_only_insert(name, chats):
     from annot.wrap import unwrap_messages
 
@@ -167,6 +167,15 @@ def test_transcript_wrappers_put_text_where_they_say(chats):
     for e in up:
         u = [m for m in e["messages"] if m["role"] == "user"][0]
         assert u["spans"][0]["start"] == 0
+
+
+def test_aligned_control_swaps_only_the_reply(chats):
+    from annot.generate import generate_transcripts
+    from annot.specs import load_behavior
+
+    out = wrap_documents(chats, get_wrapper("aligned_control"), seed=0)
+    aligned = generate_transcripts(load_behavior("power_seeking"), n=20, seed=0, variant="aligned")
+    assert [e["messages"] for e in out] == [a["messages"] for a in aligned]
 
 
 def test_document_and_transcript_wrappers_refuse_the_other_kind(chats, docs):
