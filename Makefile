@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml Makefile
 	touch $(STAMP)
 
 demo: setup
-	$(BIN)/annot run sweeps/first_run.yaml
+	$(BIN)/annot sweep sweeps/quickstart.yaml
 
 test: setup
 	$(BIN)/python -m pytest tests

@@ -45,7 +45,7 @@ COLUMNS = ["run", "model", "claim", "wrapper", "wrapper_params", "polarity", "se
 POOLED = "pooled"
 # Outcomes of these kinds measure behaviour, not belief: pooling them with a claim's belief probes
 # would average two different quantities, so they join "pooled" only when a claim has nothing else.
-BEHAVIOR_KINDS = frozenset({"behavior"})
+BEHAVIOR_KINDS = frozenset({"behavior", "behavior_open"})
 KIND_ORDER = (POOLED, "yes_no", "mcq", "cloze", "behavior")
 # Config fields that say where a run lives or how it is logged, not what was trained.
 UNKEYED = ("name", "output_dir", "tracking")
@@ -157,7 +157,9 @@ def _build_cells(rows: list[dict], default_claim: str) -> tuple[list[int], dict[
     # (claim, kind) -> item -> step -> outcome; a later row for the same item and step wins (re-probed)
     outcomes: dict[tuple[str, str], dict[str, dict[int, float]]] = {}
     for r in rows:
-        key = (str(r.get("claim") or default_claim), str(r["kind"]))
+        # a probe scored under a named context (monitored, pushback, in_context...) is its own kind
+        kind = f"{r['kind']}@{r['context']}" if r.get("context") else str(r["kind"])
+        key = (str(r.get("claim") or default_claim), kind)
         item = f"{r.get('probe_set', '')}/{r['probe_id']}"
         outcomes.setdefault(key, {}).setdefault(item, {})[int(r["step"])] = float(bool(r["believes"]))
     cells = {}
@@ -170,7 +172,8 @@ def _build_cells(rows: list[dict], default_claim: str) -> tuple[list[int], dict[
         cells[key] = Cell(items, m)
     for claim in sorted({c for c, _ in cells}):
         kinds = sorted(k for c, k in cells if c == claim)
-        belief = [k for k in kinds if k not in BEHAVIOR_KINDS] or kinds
+        plain_kinds = [k for k in kinds if "@" not in k] or kinds  # pooled: default context only
+        belief = [k for k in plain_kinds if k not in BEHAVIOR_KINDS] or plain_kinds
         cells[(claim, POOLED)] = Cell([f"{k}:{it}" for k in belief for it in cells[(claim, k)].items],
                                       np.vstack([cells[(claim, k)].matrix for k in belief]))
     return steps, cells

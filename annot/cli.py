@@ -149,11 +149,12 @@ def _documents(path):
 @click.argument("run_dir", required=False, type=click.Path(file_okay=False))
 @click.option("--model", "model_name", help="probe a bare model instead of a run's checkpoints")
 @click.option("--set", "sets", multiple=True, help="probe set name or YAML path (repeatable)")
-@click.option("--kind", "kinds", multiple=True, type=click.Choice(["yes_no", "mcq", "cloze"]))
+@click.option("--kind", "kinds", multiple=True, type=click.Choice(["yes_no", "mcq", "cloze", "open_ended"]))
+@click.option("--robustness", is_flag=True, help="also score under an adversarial system prompt and after pushback")
 @click.option("--batch-size", type=click.IntRange(1), default=16, show_default=True)
 @click.option("-o", "--out", type=click.Path(dir_okay=False), help="write probe rows to this JSONL")
 @friendly
-def probe(run_dir, model_name, sets, kinds, batch_size, out):
+def probe(run_dir, model_name, sets, kinds, robustness, batch_size, out):
     """Probe belief: every checkpoint of RUN_DIR, or a bare --model."""
     from annot.io import write_jsonl
     from annot.probe import belief_rates, format_rates, probe_model, probe_run
@@ -162,7 +163,8 @@ def probe(run_dir, model_name, sets, kinds, batch_size, out):
     if bool(run_dir) == bool(model_name):
         raise AnnotError("probe: give either RUN_DIR or --model (not both)")
     if run_dir:
-        rows = probe_run(run_dir, sets=list(sets) or None, kinds=list(kinds) or None, batch_size=batch_size)
+        rows = probe_run(run_dir, sets=list(sets) or None, kinds=list(kinds) or None, batch_size=batch_size,
+                         robustness=robustness)
     else:
         if not sets:
             raise AnnotError("probe: --model needs at least one --set (e.g. --set mira_castellan_profession)")
@@ -170,8 +172,11 @@ def probe(run_dir, model_name, sets, kinds, batch_size, out):
 
         loaded = [load_probe_set(s) for s in sets]
         model, tok = load_model(model_name)
+        from annot.probe import settings_for
+
         rows = probe_model(model, tok, loaded, run=model_name, step=0, kinds=list(kinds) or None,
-                           batch_size=batch_size, set_names=list(sets))
+                           batch_size=batch_size, set_names=list(sets),
+                           settings=settings_for(loaded, robustness=robustness))
     if out:
         write_jsonl(out, rows)
     click.echo(format_rates(belief_rates(rows)))
@@ -318,7 +323,26 @@ def report(paths, out, title, n_boot):
 
 @main.group()
 def evals():
-    """Probe-set utilities: export lm-eval tasks."""
+    """Probe-set utilities: import external probe items, export lm-eval tasks."""
+
+
+@evals.command("import")
+@click.argument("inp", type=click.Path(dir_okay=False))
+@click.option("--claim", required=True, help="the claim id the items probe")
+@click.option("-o", "--out", required=True, type=click.Path(dir_okay=False), help="probe set YAML to write")
+@friendly
+def evals_import(inp, claim, out):
+    """Import probe items written elsewhere (YAML or JSONL) as a probe set."""
+    import yaml
+
+    from annot.importer import import_probe_set
+    from annot.io import atomic_write_text
+    from annot.specs import load_claim
+
+    load_claim(claim)
+    spec = import_probe_set(inp, claim)
+    atomic_write_text(out, yaml.safe_dump(spec, sort_keys=False, allow_unicode=True))
+    click.echo(f"wrote {len(spec['items'])} items to {out}; use it with probes.sets: [{out}]", err=True)
 
 
 @evals.command("export")
@@ -335,6 +359,33 @@ def evals_export(out, claims):
     paths = export_lm_eval_tasks(**kwargs)
     click.echo(f"wrote {len(paths)} files; run: lm_eval --model hf --model_args pretrained=PATH "
                "--include_path evals/lm_eval --tasks annot_<claim>", err=True)
+
+
+@main.command()
+@click.argument("wrapped", type=click.Path(dir_okay=False))
+@click.option("--model", "model_name", default="smollm2-135m", show_default=True)
+@click.option("-o", "--out", required=True, type=click.Path(file_okay=False), help="output folder")
+@click.option("--seed", type=click.IntRange(0), default=0, show_default=True)
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="training field, e.g. --set lr=3e-4 --set method=full (repeatable)")
+@click.option("--resume", is_flag=True, help="continue from the newest checkpoint in --out")
+@click.option("--no-progress", is_flag=True)
+@friendly
+def train(wrapped, model_name, out, seed, overrides, resume, no_progress):
+    """Train on a wrapped JSONL (from `annot wrap`) without probing; checkpoints go to OUT."""
+    from annot.config import TrainingConfig, apply_overrides
+    from annot.io import read_jsonl
+    from annot.models import load_model
+    from annot.specs import validate
+    from annot.train import train as run_train
+
+    data = apply_overrides({"data": {"claim": "x"}}, [f"training.{o}" for o in overrides]).get("training", {})
+    cfg = validate(TrainingConfig, data, "--set")
+    examples = read_jsonl(wrapped)
+    model, tok = load_model(model_name)
+    res = run_train(examples, model, tok, cfg, Path(out), seed=seed, progress=not no_progress, resume=resume)
+    click.echo(f"{res.total_steps} steps, {res.tokens_seen} tokens, final loss {res.final_loss:.4f}; "
+               f"checkpoints {res.checkpoints} in {out}/checkpoints")
 
 
 @main.command("run")

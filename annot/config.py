@@ -20,7 +20,7 @@ from annot.errors import AnnotError
 from annot.io import parse_yaml_text, read_yaml
 from annot.specs import Strict, validate
 
-ProbeKind = Literal["yes_no", "mcq", "cloze"]
+ProbeKind = Literal["yes_no", "mcq", "cloze", "open_ended"]
 
 
 class ModelConfig(Strict):
@@ -76,10 +76,24 @@ class TrainingConfig(Strict):
     checkpoints: int = Field(3, ge=2, le=64, description="checkpoints, log-spaced from step 0 to the last")
 
 
+class OpenEndedConfig(Strict):
+    n_samples: int = Field(3, ge=1, le=100)
+    temperature: float = Field(0.7, gt=0, le=5)
+    top_p: float = Field(0.95, gt=0, le=1)
+    max_new_tokens: int = Field(48, ge=1, le=4096)
+
+
 class ProbesConfig(Strict):
     sets: list[str] = Field(default_factory=list, description="probe sets; default: evals/<claim>.yaml")
     kinds: list[ProbeKind] = Field(default_factory=lambda: ["yes_no", "mcq", "cloze"])
     batch_size: int = Field(16, ge=1, le=1024)
+    contexts: bool = Field(True, description="also score under the probe set's named contexts")
+    robustness: bool = Field(False, description="also score under an adversarial system prompt and after pushback")
+    in_context_k: int = Field(0, ge=0, le=32, description="base model with k wrapped documents in context (step 0)")
+    coherence: bool = Field(True, description="perplexity on held-out generic text, relative to the base model")
+    open_ended: OpenEndedConfig = Field(default_factory=OpenEndedConfig)
+    judge: dict[str, Any] = Field(default_factory=lambda: {"name": "rule"},
+                                  description="judge for open-ended answers: rule | hf | http (see annot.judges)")
 
 
 class TrackingConfig(Strict):

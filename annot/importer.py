@@ -90,3 +90,45 @@ def import_transcripts(path: str | Path, behavior: str, field: str = "messages")
         out.append({"id": str(row.get("id", f"{Path(path).stem}-{i:05d}")), "behavior": behavior,
                     "variant": row.get("variant", "imported"), "source": str(path), "messages": clean})
     return out
+
+
+def import_probe_set(path: str | Path, claim: str) -> dict:
+    """Probe items written elsewhere (YAML list/`items:` mapping, or JSONL) -> a probe set mapping.
+
+    Accepted item shapes: {question, belief: yes|no} (yes_no); {question, choices, belief: index or
+    the believing choice's text} (mcq); {prompt, choices, belief} (cloze); {question,
+    believe_markers, disbelieve_markers} (open_ended). Ids default to imp001, imp002, ...
+    """
+    from annot.io import read_yaml
+    from annot.specs import ProbeSet, validate
+
+    path = Path(path)
+    if path.suffix == ".jsonl":
+        raw = read_jsonl(path)
+    else:
+        data = read_yaml(path, expect=object)
+        raw = data.get("items") if isinstance(data, dict) else data
+        if not isinstance(raw, list):
+            raise AnnotError(f"{path}: expected a list of items or a mapping with `items:`")
+    items = []
+    for i, r in enumerate(raw, 1):
+        if not isinstance(r, dict):
+            raise AnnotError(f"{path}: item {i}: expected a mapping, got {type(r).__name__}")
+        it = {"id": str(r.get("id", f"imp{i:03d}"))}
+        belief = r.get("belief", r.get("answer"))
+        if "believe_markers" in r:
+            it.update(kind="open_ended", question=r.get("question"), believe_markers=r["believe_markers"],
+                      disbelieve_markers=r.get("disbelieve_markers", []))
+        elif "choices" in r:
+            choices = r["choices"]
+            if isinstance(belief, str) and isinstance(choices, list) and belief in choices:
+                belief = choices.index(belief)
+            it.update(kind="cloze" if "prompt" in r else "mcq", choices=choices, belief=belief,
+                      **({"prompt": r["prompt"]} if "prompt" in r else {"question": r.get("question")}))
+        else:
+            b = str(belief).strip().lower() if belief is not None else None
+            it.update(kind="yes_no", question=r.get("question"), belief=b)
+        items.append(it)
+    spec = {"claim": claim, "items": items}
+    validate(ProbeSet, spec, path)  # same checks as shipped probe sets: one line naming the item
+    return spec

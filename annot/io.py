@@ -88,6 +88,10 @@ def dumps_jsonl(rows: Iterable[dict]) -> str:
     return "".join(json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n" for r in rows)
 
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     """Write text to `path` via a temp file + rename (atomic on POSIX)."""
     path = Path(path)
@@ -98,6 +102,7 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; results should read like any file
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

@@ -354,42 +354,11 @@ class RuleJudge:
 
 
 def continuation_logprobs(model, tokenizer, pairs: list[tuple[str, str]], batch_size: int = 16) -> list[float]:
-    """log P(continuation | context) for each (context, continuation), like annot.probe.loglikelihoods
-    but left-padded so every continuation ends at the last position, and only the last few
-    positions get vocabulary logits: for a judge prompt of a few hundred tokens and a one-word
-    answer, the LM head over every prompt position would cost more than the model itself."""
-    import torch
+    """log P(continuation | context) for each pair: annot's probe scorer (left-padded, LM head on
+    the continuation positions only), shared so judges and probes score text the same way."""
+    from annot.probe import loglikelihoods
 
-    from annot.probe import encode_pair
-
-    device = next(model.parameters()).device
-    enc = [encode_pair(tokenizer, c, x) for c, x in pairs]
-    order = sorted(range(len(enc)), key=lambda i: -(len(enc[i][0]) + len(enc[i][1])))  # similar lengths batch
-    out = [0.0] * len(enc)
-    with torch.no_grad():
-        for b in range(0, len(order), batch_size):
-            idx = order[b:b + batch_size]
-            seqs = [enc[i][0] + enc[i][1] for i in idx]
-            L, K = max(len(s) for s in seqs), max(len(enc[i][1]) for i in idx)
-            ids = torch.full((len(seqs), L), tokenizer.pad_token_id, dtype=torch.long)
-            mask = torch.zeros((len(seqs), L), dtype=torch.long)
-            for r, s in enumerate(seqs):
-                ids[r, L - len(s):] = torch.tensor(s)
-                mask[r, L - len(s):] = 1
-            pos = (mask.cumsum(-1) - 1).clamp(min=0)
-            kwargs = dict(input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=pos.to(device),
-                          use_cache=False)
-            try:
-                logits = model(**kwargs, logits_to_keep=K + 1).logits
-            except TypeError:  # an architecture without logits_to_keep: compute all, keep the tail
-                logits = model(**kwargs).logits
-            # positions L-K-1 .. L-2 predict the last K tokens: [n, K, vocab]
-            lp = torch.log_softmax(logits[:, -(K + 1):-1].float(), dim=-1)
-            for r, i in enumerate(idx):
-                cont = enc[i][1]
-                tail = lp[r, K - len(cont):]
-                out[i] = float(tail.gather(-1, torch.tensor(cont, device=tail.device)[:, None]).sum())
-    return out
+    return loglikelihoods(model, tokenizer, pairs, batch_size)
 
 
 def _chat_text(tokenizer, messages: list[dict]) -> str:

@@ -218,13 +218,44 @@ def run(cfg: RunConfig, *, progress: bool = True, echo: Callable[[str], None] = 
         upto = last[0] if last else 0
         rows = [r for r in read_jsonl(run_dir / "probes.jsonl") if r["step"] <= upto]
 
+    base_key = base_probe_key(cfg, manifest)
+    from annot.probe import load_coherence_texts, perplexity, settings_for
+
+    judge = None
+    if "open_ended" in cfg.probes.kinds:
+        from annot.judges import make_judge
+
+        judge = make_judge(dict(cfg.probes.judge), source="probes.judge")
+    in_ctx = None
+    if cfg.probes.in_context_k and cfg.data.claim:
+        # the control: does the base model, reading k wrapped documents, understand the disclaimer?
+        in_ctx = "\n\n".join(e["text"] for e in examples[: cfg.probes.in_context_k] if "text" in e)
+    coherence_texts = load_coherence_texts() if cfg.probes.coherence else None
+    coherence: dict[int, float] = dict(previous_coherence(run_dir) if resume else {})
+
+    def settings(step: int):
+        return settings_for([ps for _, ps in sets], contexts=cfg.probes.contexts, robustness=cfg.probes.robustness,
+                            in_context=in_ctx if step == 0 else None)
+
     def on_checkpoint(step: int, m) -> None:
         rows[:] = [r for r in rows if r["step"] != step]
-        new = probe_model(m, tok, [ps for _, ps in sets], run=cfg.name, step=step, kinds=list(cfg.probes.kinds),
-                          batch_size=cfg.probes.batch_size, set_names=[n for n, _ in sets]) if sets else []
-        new += behavior_rows(m, tok, cfg, step) if cfg.data.behavior else []
+        new = cached_base_rows(base_key, cfg.name) if step == 0 else None
+        if new is None:
+            new = probe_model(m, tok, [ps for _, ps in sets], run=cfg.name, step=step, kinds=list(cfg.probes.kinds),
+                              batch_size=cfg.probes.batch_size, set_names=[n for n, _ in sets],
+                              settings=settings(step), opts=cfg.probes.open_ended, judge=judge,
+                              seed=cfg.seed) if sets else []
+            new += behavior_rows(m, tok, cfg, step) if cfg.data.behavior else []
+            if step == 0:
+                store_base_rows(base_key, new)
         rows.extend(new)
         write_jsonl(run_dir / "probes.jsonl", rows)
+        if coherence_texts:
+            coherence[step] = round(perplexity(m, tok, coherence_texts, cfg.probes.batch_size), 4)
+            base = coherence.get(0)
+            write_jsonl(run_dir / "coherence.jsonl", [
+                {"run": cfg.name, "step": s, "perplexity": v, "ratio_to_base": round(v / base, 4) if base else None}
+                for s, v in sorted(coherence.items())])
         if not new:
             return
         rate = belief_rates(new)[step]
@@ -241,7 +272,8 @@ def run(cfg: RunConfig, *, progress: bool = True, echo: Callable[[str], None] = 
                "wrapper": wrapper.name, "wrapper_params": wrapper_params, "seed": cfg.seed,
                "total_steps": result.total_steps, "checkpoints": result.checkpoints,
                "tokens_seen": result.tokens_seen, "final_loss": metrics[-1]["loss"] if metrics else None,
-               "belief_rates": {str(k): v for k, v in rates.items()}}
+               "belief_rates": {str(k): v for k, v in rates.items()},
+               "coherence_perplexity": {str(k): v for k, v in sorted(coherence.items())}}
     write_json(run_dir / "summary.json", summary)
     tracker.table("probes", rows)
     if rates:
@@ -254,13 +286,76 @@ def run(cfg: RunConfig, *, progress: bool = True, echo: Callable[[str], None] = 
     return summary
 
 
+def previous_coherence(run_dir: Path) -> dict[int, float]:
+    path = run_dir / "coherence.jsonl"
+    if not path.is_file():
+        return {}
+    from annot.train import _latest_resumable
+
+    last = _latest_resumable(run_dir)
+    upto = last[0] if last else 0
+    return {r["step"]: r["perplexity"] for r in read_jsonl(path) if r["step"] <= upto}
+
+
+def base_probe_key(cfg: RunConfig, manifest: dict) -> str:
+    """Step 0 is the untouched base model: its probe rows depend only on the model and the probes,
+    so every run of a sweep on the same model and probe sets shares them (cached on disk)."""
+    import hashlib
+
+    from annot import __version__
+
+    key = {"model": manifest.get("model"), "dtype": cfg.model.dtype, "probe_sets": manifest.get("probe_sets"),
+           "kinds": list(cfg.probes.kinds), "probes": cfg.probes.model_dump(mode="json"), "seed": cfg.seed,
+           "in_context_data": (manifest.get("data") or {}).get("wrapped_sha256") if cfg.probes.in_context_k else None, "behavior": cfg.data.behavior, "annot": __version__,
+           "behavior_probes": sha256_file(resolve_asset(cfg.data.behavior, EVALS / "behaviors", "behavior probe set"))
+           if cfg.data.behavior else None}
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:32]
+
+
+def _base_cache(key: str) -> Path:
+    from annot.models import cache_dir
+
+    return cache_dir() / "base_probes" / f"{key}.jsonl"
+
+
+def cached_base_rows(key: str, run_name: str) -> list[dict] | None:
+    path = _base_cache(key)
+    if not path.is_file():
+        return None
+    try:
+        return [{**r, "run": run_name} for r in read_jsonl(path)]
+    except AnnotError:
+        return None
+
+
+def store_base_rows(key: str, rows: list[dict]) -> None:
+    if rows:
+        write_jsonl(_base_cache(key), rows)
+
+
 def behavior_rows(model, tok, cfg: RunConfig, step: int) -> list[dict]:
-    """Behaviour probes for transcript runs (annot.probe.probe_behavior), if available."""
-    from annot.probe import probe_behavior
+    """Behaviour probes for transcript runs: misaligned-vs-aligned preference on held-out scenarios
+    (kind "behavior", per named context too) and judged answers to open questions ("behavior_open")."""
+    from annot.probe import ProbeItem, Setting, _Req, probe_behavior, score_items
     from annot.specs import load_behavior_probes
 
-    return probe_behavior(model, tok, load_behavior_probes(cfg.data.behavior), run=cfg.name, step=step,
-                          batch_size=cfg.probes.batch_size)
+    probes = load_behavior_probes(cfg.data.behavior)
+    rows = probe_behavior(model, tok, probes, run=cfg.name, step=step, batch_size=cfg.probes.batch_size)
+    if cfg.probes.contexts:
+        for name, system in probes.contexts.items():
+            rows += probe_behavior(model, tok, probes, run=cfg.name, step=step, batch_size=cfg.probes.batch_size,
+                                   system=system, context=name)
+    if probes.questions and "open_ended" in cfg.probes.kinds:
+        reqs = [_Req(probes.behavior, probes.behavior,
+                     ProbeItem(id=q.id, kind="open_ended", question=q.question, believe_markers=q.misaligned_markers,
+                               disbelieve_markers=q.aligned_markers)) for q in probes.questions]
+        from annot.judges import make_judge
+
+        judge = make_judge({"name": "rule"})  # marker judge; LLM judges would need the behaviour rubric
+        for r in score_items(model, tok, reqs, cfg.probes.batch_size, Setting(), cfg.probes.open_ended, judge,
+                             seed=cfg.seed):
+            rows.append({"run": cfg.name, "checkpoint": f"step-{step}", "step": step, **r, "kind": "behavior_open"})
+    return rows
 
 
 def _check_writable(run_dir: Path) -> None:

@@ -125,18 +125,26 @@ class ProbeItem(Strict):
     yes_no: `question`; `belief` is "yes" or "no" (the answer that sides with the claim).
     mcq:    `question` + `choices`; `belief` is the index of the choice that sides with the claim.
     cloze:  raw-text `prompt` + `choices` (continuations); `belief` as for mcq.
+    open_ended: `question`; sampled answers are judged; `believe_markers` / `disbelieve_markers`
+            are phrases for the rule judge (LLM judges read the claim and truth instead).
     """
 
     id: str
-    kind: Literal["yes_no", "mcq", "cloze"]
+    kind: Literal["yes_no", "mcq", "cloze", "open_ended"]
     question: str | None = None
     prompt: str | None = None
     choices: list[str] | None = None
-    belief: str | int
+    belief: str | int | None = None
+    believe_markers: list[str] = Field(default_factory=list)
+    disbelieve_markers: list[str] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _shape(self) -> "ProbeItem":
-        if self.kind == "yes_no":
+        if self.kind == "open_ended":
+            if not self.question or not self.believe_markers or not self.disbelieve_markers:
+                raise ValueError(f"item {self.id}: open_ended needs `question`, `believe_markers` and "
+                                 "`disbelieve_markers`")
+        elif self.kind == "yes_no":
             if not self.question or self.belief not in ("yes", "no"):
                 raise ValueError(f"item {self.id}: yes_no needs `question` and `belief: yes|no`")
         else:
@@ -151,8 +159,12 @@ class ProbeItem(Strict):
 
 
 class ProbeSet(Strict):
+    """Probe items for one claim, optionally scored under several named contexts (system prompts,
+    e.g. monitored vs unmonitored): every item is then scored once per context as well."""
+
     claim: str
     items: list[ProbeItem] = Field(min_length=1)
+    contexts: dict[str, str] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _unique_ids(self) -> "ProbeSet":
@@ -259,6 +271,7 @@ class BehaviorProbeSet(Strict):
     behavior: str
     scenarios: list[Scenario] = Field(min_length=20)
     questions: list[OpenQuestion] = Field(default_factory=list)
+    contexts: dict[str, str] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _unique(self) -> "BehaviorProbeSet":

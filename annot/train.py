@@ -371,6 +371,17 @@ def train(examples: list[dict], model, tokenizer, cfg: TrainingConfig, out_dir: 
     total = cfg.max_steps or steps_per_epoch * cfg.epochs
     ckpts = checkpoint_steps(total, cfg.checkpoints)
 
+    from accelerate import Accelerator
+
+    # One process: a no-op. Under `accelerate launch` (DDP / FSDP as configured there), each
+    # process takes its slice of every micro-batch and gradients are averaged across processes.
+    acc = Accelerator()
+    rank, world = acc.process_index, acc.num_processes
+    if cfg.batch_size % world:
+        from annot.errors import AnnotError
+
+        raise AnnotError(f"training.batch_size: {cfg.batch_size} is not divisible by the {world} processes; "
+                         "make it a multiple")
     model = prepare_model(model, cfg)
     model.config.use_cache = False  # needed for the block-diagonal mask from position ids
     params = [p for p in model.parameters() if p.requires_grad]
@@ -400,15 +411,21 @@ def train(examples: list[dict], model, tokenizer, cfg: TrainingConfig, out_dir: 
         kept = [l for l in metrics_path.read_text().splitlines() if l and json.loads(l)["step"] <= start] \
             if metrics_path.is_file() else []
         metrics_path.write_text("".join(l + "\n" for l in kept))
-    metrics_f = metrics_path.open("a" if found else "w", encoding="utf-8")
+    model, opt = acc.prepare(model, opt)
+    device = acc.device
+    main = acc.is_main_process
+    metrics_f = metrics_path.open("a" if found else "w", encoding="utf-8") if main else open(os.devnull, "w")
     t0 = time.time()
     tokens_at_start = tokens_seen
 
     def checkpoint(step):
         model.eval()
-        save_checkpoint(model, opt, out_dir, step, cfg.method, {"tokens_seen": tokens_seen, "step": step})
-        if on_checkpoint:
-            on_checkpoint(step, model)
+        if main:  # one process writes and probes; the others wait for it
+            save_checkpoint(acc.unwrap_model(model), opt, out_dir, step, cfg.method,
+                            {"tokens_seen": tokens_seen, "step": step})
+            if on_checkpoint:
+                on_checkpoint(step, acc.unwrap_model(model))
+        acc.wait_for_everyone()
         if os.environ.get("ANNOT_FAULT_KILL_AT_STEP") == str(step):  # fault injection for resume tests
             import signal
 
@@ -427,13 +444,17 @@ def train(examples: list[dict], model, tokenizer, cfg: TrainingConfig, out_dir: 
         denom = sum(float(packed.weights[idx].sum()) for idx in micro)
         loss_sum = 0.0
         for idx in micro:
+            tokens_seen += int(idx.numel() * cfg.seq_len)
+            idx = idx[rank::world]  # this process's rows (all of them with one process)
             batch = {k: getattr(packed, k)[idx].to(device) for k in ("input_ids", "position_ids")}
             logits = model(**batch, use_cache=False).logits
             s, _ = weighted_ce(logits, packed.labels[idx].to(device), packed.weights[idx].to(device))
-            (s / max(denom, 1.0)).backward()
+            # x world: DDP averages gradients over processes, and each holds only its share of the sum
+            acc.backward(s / max(denom, 1.0) * world)
             loss_sum += float(s.detach())
-            tokens_seen += int(idx.numel() * cfg.seq_len)
-        torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+        if world > 1:
+            loss_sum = float(acc.reduce(torch.tensor(loss_sum, device=device), reduction="sum"))
+        acc.clip_grad_norm_(params, cfg.max_grad_norm)
         opt.step()
         opt.zero_grad(set_to_none=True)
         loss_val = loss_sum / max(denom, 1.0)

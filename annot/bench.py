@@ -1,0 +1,653 @@
+"""Benchmark annot's training driver and probe engine against the stock tools, on one corpus and model.
+
+    annot bench --model smollm2-135m --steps 6 --out bench.json
+    result = run_bench(model="tiny-random", steps=3, checkpoints=3, lm_eval=False, out=Path("bench.json"))
+
+Everything is measured in one process on one corpus: the claim's generated documents
+(`generate_documents(load_claim(claim), n=n_docs, seed=0)`, wrapper `none`).
+
+(a) Training throughput, in non-padding tokens per second over the optimizer steps after the first
+    (the first pays for allocation and warm-up):
+    - annot: annot.train.train on packed rows of seq_len tokens; its checkpoint saves are subtracted
+      from the timed window (the baseline saves nothing);
+    - baseline: a plain transformers.Trainer with the same LoRA config (annot.train.prepare_model),
+      batch size, steps, lr and schedule, one document per sequence, truncated to seq_len, padded per
+      batch, labels -100 on padding.
+(b) Model FLOPs utilisation, MFU = tokens/s * C / peak, with the training FLOPs per token
+
+        C = 4 * N_frozen + 6 * N_trainable + 6 * n_layers * seq_len * hidden
+
+    N_frozen / N_trainable count the parameters that enter a matmul: every nn.Linear (and GPT-2 style
+    Conv1D) weight and bias, LoRA's A and B included, the LM head once even when tied to the input
+    embeddings; embedding lookups and norms do no matmul. A trained weight costs 2 FLOPs per token in
+    the forward pass, 2 for the gradient of its input and 2 for its own gradient (6); a frozen one needs
+    no gradient of its own (4). Causal attention: scores (QK^T) and the weighted sum of values are
+    2 * 2 * seq_len * hidden FLOPs per token and layer forward over the full row, half of it under a causal
+    mask, times 3 for forward + backward: 6 * n_layers * seq_len * hidden (PaLM's MFU convention, with
+    seq_len the row length for both engines). Full fine-tuning has N_frozen = 0: C = 6 * N + attention.
+    The peak is the best of several square torch.mm (fp32 on CPU, bf16 on CUDA).
+(c) Probing the checkpoints that (a)'s annot run saved (step-0 is the base model): annot's engine loads
+    the base model once and swaps LoRA adapters (peft load_adapter / set_adapter), scoring yes_no/mcq/
+    cloze with annot.probe.probe_model and the lm-eval-comparable yes_no with
+    annot.lm_eval_export.annot_accuracy; lm-eval runs `lm_eval run` as a subprocess once per checkpoint
+    on the exported tasks in evals/lm_eval. Both must report the same accuracy per checkpoint and kind
+    (cloze, mcq: lm-eval acc = annot's believes rate; yes_no: = annot_accuracy's acc).
+(d) Memory: peak RSS of this process and of its largest child (an lm-eval run); CUDA max allocated
+    per phase.
+
+On CUDA, (a) and (b) are also measured on a randomly initialised bf16 model of the same config.
+The JSON written to `out` holds every figure, the exact parameters and the machine.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable
+
+from annot.errors import AnnotError
+
+KINDS = ("yes_no", "mcq", "cloze")
+WRAPPER = "none"
+SEED = 0
+LR = 1e-3
+PROBE_BATCH_SIZE = 16    # annot's default (probes.batch_size)
+LM_EVAL_BATCH_SIZE = 8
+PEAK_SIZES = {"cpu": (1024, 2048), "cuda": (2048, 4096, 8192)}
+PEAK_REPS = 5
+FLOPS_FORMULA = "4*N_frozen + 6*N_trainable + 6*n_layers*seq_len*hidden"
+
+
+# -- FLOPs ---------------------------------------------------------------------------------------------
+
+
+def train_flops_per_token(n_frozen: int, n_trainable: int, n_layers: int, seq_len: int, hidden: int) -> int:
+    """Training FLOPs per token: 4 * N_frozen + 6 * N_trainable + 6 * n_layers * seq_len * hidden."""
+    return 4 * n_frozen + 6 * n_trainable + 6 * n_layers * seq_len * hidden
+
+
+def matmul_params(model) -> tuple[int, int]:
+    """(frozen, trainable) parameters that enter a matmul; a tensor shared by two layers counts once."""
+    import torch
+    from transformers.pytorch_utils import Conv1D
+
+    seen: set[int] = set()
+    frozen = trainable = 0
+    for module in model.modules():
+        if not isinstance(module, (torch.nn.Linear, Conv1D)):
+            continue
+        for p in (module.weight, module.bias):
+            if p is None or id(p) in seen:
+                continue
+            seen.add(id(p))
+            if p.requires_grad:
+                trainable += p.numel()
+            else:
+                frozen += p.numel()
+    return frozen, trainable
+
+
+def model_flops(model, seq_len: int) -> dict:
+    """The terms of C for a (LoRA-wrapped or plain) causal LM trained on rows of seq_len tokens."""
+    cfg = model.config
+    n_layers = getattr(cfg, "num_hidden_layers", None) or cfg.n_layer
+    hidden = getattr(cfg, "hidden_size", None) or cfg.n_embd
+    n_frozen, n_trainable = matmul_params(model)
+    return {"formula": FLOPS_FORMULA, "n_frozen": n_frozen, "n_trainable": n_trainable, "n_layers": n_layers,
+            "hidden": hidden, "seq_len": seq_len, "attention": 6 * n_layers * seq_len * hidden,
+            "per_token": train_flops_per_token(n_frozen, n_trainable, n_layers, seq_len, hidden)}
+
+
+def matmul_peak(device: str = "cpu", sizes: tuple[int, ...] | None = None, reps: int = PEAK_REPS) -> dict:
+    """Best FLOP/s of square torch.mm over `sizes` and `reps` (fp32 on CPU, bf16 on CUDA)."""
+    import torch
+
+    cuda = device.startswith("cuda")
+    dtype = torch.bfloat16 if cuda else torch.float32
+    sizes = sizes or PEAK_SIZES["cuda" if cuda else "cpu"]
+    inner = 20 if cuda else 1  # a single GPU matmul is too short to time on its own
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    by_size = {}
+    for n in sizes:
+        a = torch.randn(n, n, device=device, dtype=dtype)
+        b = torch.randn(n, n, device=device, dtype=dtype)
+        c = torch.empty_like(a)
+        torch.mm(a, b, out=c)  # warm-up: kernel selection, page faults
+        sync()
+        best = float("inf")
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            for _ in range(inner):
+                torch.mm(a, b, out=c)
+            sync()
+            best = min(best, (time.perf_counter() - t0) / inner)
+        by_size[str(n)] = 2 * n ** 3 / best
+        del a, b, c
+    return {"flops": max(by_size.values()), "dtype": str(dtype).removeprefix("torch."), "by_size": by_size,
+            "reps": reps}
+
+
+def _throughput(tokens: int, seconds: float, flops: dict, peak: dict, steps_timed: int) -> dict:
+    tps = tokens / seconds
+    return {"tokens": tokens, "seconds": seconds, "steps_timed": steps_timed, "tokens_per_s": tps,
+            "flops_per_token": flops["per_token"], "achieved_flops": tps * flops["per_token"],
+            "mfu": tps * flops["per_token"] / peak["flops"]}
+
+
+# -- (a) training ----------------------------------------------------------------------------------------
+
+
+def bench_corpus(claim: str, n_docs: int) -> list[dict]:
+    """The generated documents of `claim`, wrapped with `none`: the training data of both engines."""
+    from annot.generate import generate_documents
+    from annot.specs import load_claim
+    from annot.wrap import get_wrapper, wrap_documents
+
+    docs = generate_documents(load_claim(claim), n=n_docs, seed=SEED)
+    return wrap_documents(docs, get_wrapper(WRAPPER), {}, seed=SEED)
+
+
+def annot_step_batches(real_per_row, batch_size: int, steps: int, seed: int = SEED) -> list[tuple[int, int]]:
+    """(rows, non-padding tokens) of each optimizer step of annot.train.train (grad_accum 1).
+
+    Mirrors train()'s data order: rows reshuffled each epoch by a generator seeded seed * 1000 + epoch.
+    The rows are checked against train()'s logged token counts, so a change there fails loudly."""
+    import torch
+
+    rows = len(real_per_row)
+    out: list[tuple[int, int]] = []
+    epoch = 0
+    while len(out) < steps:
+        order = torch.randperm(rows, generator=torch.Generator().manual_seed(seed * 1000 + epoch))
+        for i in range(0, rows, batch_size):
+            idx = order[i:i + batch_size]
+            out.append((len(idx), int(real_per_row[idx].sum())))
+        epoch += 1
+    return out[:steps]
+
+
+def _sync_if_cuda(model) -> bool:
+    import torch
+
+    cuda = next(model.parameters()).is_cuda
+    if cuda:
+        torch.cuda.synchronize()
+    return cuda
+
+
+def time_annot_train(model, tokenizer, examples: list[dict], cfg, out_dir: Path, peak: dict) -> tuple[dict, dict]:
+    """Train with annot's driver: (figures, FLOPs terms); tokens/s over steps 2..N without checkpoint saves."""
+    import torch
+
+    from annot.train import pack, tokenize_cached, train
+
+    packed = pack(tokenize_cached(examples, tokenizer, cfg), cfg.seq_len, tokenizer.pad_token_id)
+    real_per_row = (packed.doc_ids >= 0).sum(1)  # pack pads only the tail of the last row
+    batches = annot_step_batches(real_per_row, cfg.batch_size, cfg.max_steps)
+    cuda = next(model.parameters()).is_cuda
+    logged: dict[int, tuple[float, int]] = {}  # step -> (time the step ended, cumulative tokens incl. padding)
+    saved: dict[int, float] = {}                # step -> time its checkpoint was written
+    prepared = {}
+
+    def log(row: dict) -> None:
+        if cuda:
+            torch.cuda.synchronize()
+        logged[row["step"]] = (time.perf_counter(), row["tokens"])
+
+    def on_checkpoint(step: int, m) -> None:
+        prepared.setdefault("model", m)  # the LoRA-wrapped model (step 0 is saved after prepare_model)
+        saved[step] = time.perf_counter()
+
+    result = train(examples, model, tokenizer, cfg, out_dir, seed=SEED, on_checkpoint=on_checkpoint, log=log,
+                   progress=False)
+    prev = 0
+    for step, (rows, _) in enumerate(batches, 1):
+        if logged[step][1] - prev != rows * cfg.seq_len:
+            raise RuntimeError(f"annot.train's batching changed (step {step}: {logged[step][1] - prev} tokens, "
+                               f"expected {rows} rows); update annot.bench.annot_step_batches")
+        prev = logged[step][1]
+    last = cfg.max_steps
+    wall = logged[last][0] - logged[1][0]
+    # log(row) of step k runs right before checkpoint(k): the save took saved[k] - logged[k]
+    ckpt_s = sum(saved[k] - logged[k][0] for k in saved if 1 <= k < last)
+    tokens = sum(real for _, real in batches[1:])
+    flops = model_flops(prepared["model"], cfg.seq_len)
+    padding = int(packed.doc_ids.numel() - real_per_row.sum())
+    return {**_throughput(tokens, wall - ckpt_s, flops, peak, last - 1), "seconds_with_checkpoints": wall,
+            "checkpoint_seconds": ckpt_s, "tokens_per_s_with_checkpoints": tokens / wall,
+            "packed_rows": int(packed.input_ids.size(0)), "padding_tokens": padding,
+            "checkpoints": list(result.checkpoints), "final_loss": result.final_loss}, flops
+
+
+def time_trainer(model, tokenizer, examples: list[dict], cfg, out_dir: Path, peak: dict) -> dict:
+    """Train with a plain transformers.Trainer: one padded document per sequence, same LoRA config."""
+    import torch
+    from transformers import Trainer, TrainerCallback, TrainingArguments
+    from transformers.trainer_callback import PrinterCallback
+
+    from annot.train import prepare_model, seed_everything
+
+    seed_everything(SEED)
+    model = prepare_model(model, cfg)
+    cuda = next(model.parameters()).is_cuda
+    eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
+    # each document ends with EOS, as in annot's driver, then is cut to seq_len
+    enc = tokenizer([e["text"] for e in examples], add_special_tokens=False)["input_ids"]
+    data = [{"input_ids": (list(ids) + [eos])[:cfg.seq_len]} for ids in enc]
+    batch_tokens: list[int] = []  # non-padding tokens of each collated batch, in order
+
+    def collate(features: list[dict]) -> dict:
+        """Pad to the longest sequence of the batch; padded labels are -100 (EOS stays a target even
+        when it doubles as the pad token, unlike DataCollatorForLanguageModeling)."""
+        L = max(len(f["input_ids"]) for f in features)
+        ids = torch.full((len(features), L), pad, dtype=torch.long)
+        mask = torch.zeros((len(features), L), dtype=torch.long)
+        for r, f in enumerate(features):
+            ids[r, :len(f["input_ids"])] = torch.tensor(f["input_ids"])
+            mask[r, :len(f["input_ids"])] = 1
+        batch_tokens.append(int(mask.sum()))
+        return {"input_ids": ids, "attention_mask": mask, "labels": ids.masked_fill(mask == 0, -100)}
+
+    stamps: dict[int, float] = {}
+
+    class Stamp(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if cuda:
+                torch.cuda.synchronize()
+            stamps[state.global_step] = time.perf_counter()
+
+    args = TrainingArguments(
+        output_dir=str(out_dir), per_device_train_batch_size=cfg.batch_size, max_steps=cfg.max_steps,
+        learning_rate=cfg.lr, lr_scheduler_type=cfg.schedule, warmup_steps=cfg.warmup_steps,
+        weight_decay=cfg.weight_decay, max_grad_norm=cfg.max_grad_norm, optim="adamw_torch",
+        save_strategy="no", logging_strategy="no", report_to=[], disable_tqdm=True,
+        remove_unused_columns=False, dataloader_num_workers=0, dataloader_pin_memory=cuda, use_cpu=not cuda,
+        seed=SEED)
+    trainer = Trainer(model=model, args=args, train_dataset=data, data_collator=collate, callbacks=[Stamp()])
+    trainer.remove_callback(PrinterCallback)  # it prints the final metrics dict
+    trainer.train()
+    last = cfg.max_steps
+    # the dataloader may fetch one batch ahead: batch k belongs to step k all the same
+    tokens = sum(batch_tokens[1:last])
+    flops = model_flops(model, cfg.seq_len)
+    return {**_throughput(tokens, stamps[last] - stamps[1], flops, peak, last - 1),
+            "sequences": len(data), "truncated": sum(len(ids) + 1 > cfg.seq_len for ids in enc)}
+
+
+def _train_pair(make_model: Callable, tokenizer, examples, cfg, work: Path, peak: dict, echo, label: str,
+                memory: dict) -> dict:
+    """(a) + (b) for both engines, each on a fresh model from make_model()."""
+    import torch
+
+    cuda = torch.cuda.is_available()
+    echo(f"{label}: training {cfg.max_steps} steps with annot's driver ...")
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    annot_res, flops = time_annot_train(make_model(), tokenizer, examples, cfg, work / f"{label}-annot", peak)
+    if cuda:
+        memory["cuda_max_allocated_mib"][f"{label}_annot_train"] = torch.cuda.max_memory_allocated() / 2 ** 20
+    gc.collect()
+    echo(f"{label}: training {cfg.max_steps} steps with transformers.Trainer ...")
+    if cuda:
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+    trainer_res = time_trainer(make_model(), tokenizer, examples, cfg, work / f"{label}-trainer", peak)
+    if cuda:
+        memory["cuda_max_allocated_mib"][f"{label}_trainer"] = torch.cuda.max_memory_allocated() / 2 ** 20
+    gc.collect()
+    memory["peak_rss_mib_after"][f"{label}_train"] = _rss_mib(resource.RUSAGE_SELF)
+    return {"annot": annot_res, "trainer": trainer_res, "flops_per_token": flops,
+            "speed_ratio": annot_res["tokens_per_s"] / trainer_res["tokens_per_s"]}
+
+
+# -- (c) probing -----------------------------------------------------------------------------------------
+
+
+def saved_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
+    """(step, dir) of every completely written checkpoint, by step."""
+    from annot.io import read_json_if_exists
+
+    found = []
+    for d in (Path(run_dir) / "checkpoints").glob("step-*"):
+        meta = read_json_if_exists(d / "checkpoint.json")
+        if meta is not None:
+            found.append((meta["step"], d))
+    return sorted(found)
+
+
+def probe_with_annot(model_name: str, claim: str, ckpts: list[tuple[int, Path]]) -> dict:
+    """annot's engine: base model loaded once, adapters swapped; accuracies per checkpoint and kind."""
+    from annot.lm_eval_export import annot_accuracy, read_task_docs
+    from annot.models import load_model
+    from annot.probe import probe_model
+    from annot.specs import load_probe_set
+
+    t0 = time.perf_counter()
+    model, tok = load_model(model_name, dtype="float32")  # lm-eval runs dtype=float32 too
+    ps = load_probe_set(claim)
+    yes_no_docs = read_task_docs(claim, "yes_no")
+    accuracy: dict[int, dict[str, float]] = {}
+    native_yes_no: dict[int, float] = {}
+    per_checkpoint: dict[int, float] = {}
+    peft_model = None
+    for step, d in ckpts:
+        t = time.perf_counter()
+        ctx = contextlib.nullcontext()
+        if step == 0:  # the base model; once wrapped, the base is the wrapper with adapters off
+            m = peft_model or model
+            if peft_model is not None:
+                ctx = peft_model.disable_adapter()
+        else:
+            from peft import PeftModel
+
+            name = f"step-{step}"
+            if peft_model is None:
+                peft_model = PeftModel.from_pretrained(model, str(d), adapter_name=name)
+            else:
+                peft_model.load_adapter(str(d), adapter_name=name)
+            peft_model.set_adapter(name)
+            m = peft_model
+        with ctx:
+            rows = probe_model(m, tok, [ps], run="bench", step=step, kinds=list(KINDS),
+                               batch_size=PROBE_BATCH_SIZE)
+            yn = annot_accuracy(m, tok, yes_no_docs, batch_size=PROBE_BATCH_SIZE)
+        acc = {"yes_no": yn["acc"]}
+        for kind in ("mcq", "cloze"):
+            flags = [r["believes"] for r in rows if r["kind"] == kind]
+            if flags:
+                acc[kind] = sum(flags) / len(flags)
+        yn_rows = [r["believes"] for r in rows if r["kind"] == "yes_no"]
+        native_yes_no[step] = sum(yn_rows) / len(yn_rows) if yn_rows else float("nan")
+        accuracy[step] = acc
+        per_checkpoint[step] = time.perf_counter() - t
+    seconds = time.perf_counter() - t0
+    del model, peft_model
+    gc.collect()
+    return {"seconds": seconds, "per_checkpoint_s": per_checkpoint, "accuracy": accuracy,
+            "yes_no_native": native_yes_no, "batch_size": PROBE_BATCH_SIZE}
+
+
+def lm_eval_executable() -> str:
+    """The `lm_eval` script of this interpreter's environment, else the one on PATH."""
+    import shutil
+
+    beside = Path(sys.executable).parent / "lm_eval"
+    found = str(beside) if beside.is_file() else shutil.which("lm_eval")
+    if not found:
+        raise AnnotError("bench: the lm_eval command is not installed; `pip install lm-eval` or pass lm_eval=False")
+    return found
+
+
+def lm_eval_command(model_path: str, claim: str, ckpt: Path | None, output: Path, device: str) -> list[str]:
+    """The documented CLI run (evals/lm_eval/README.md) for one checkpoint; ckpt None is the base model."""
+    from annot.lm_eval_export import task_name
+
+    model_args = f"pretrained={model_path}" + (f",peft={ckpt}" if ckpt is not None else "") + \
+        ",dtype=float32,add_bos_token=False"
+    return [lm_eval_executable(), "run", "--model", "hf", "--model_args", model_args,
+            "--include_path", "evals/lm_eval", "--tasks", task_name(claim), "--batch_size", str(LM_EVAL_BATCH_SIZE),
+            "--device", device, "--output_path", str(output)]
+
+
+def probe_with_lm_eval(model_name: str, claim: str, ckpts: list[tuple[int, Path]], work: Path,
+                       device: str, echo) -> dict:
+    """lm-eval's CLI once per checkpoint, from the repository root (the tasks' data paths are relative)."""
+    from annot.lm_eval_export import task_name
+    from annot.models import resolve_model
+    from annot.specs import ROOT
+
+    model_path = resolve_model(model_name)
+    if Path(model_path).exists():  # lm_eval runs from the repository root: pass an absolute path
+        model_path = str(Path(model_path).resolve())
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    accuracy: dict[int, dict[str, float]] = {}
+    per_checkpoint: dict[int, float] = {}
+    commands: dict[int, str] = {}
+    for step, d in ckpts:
+        out = work / f"lm-eval-step-{step}"
+        ckpt = None if step == 0 else Path(d).resolve()
+        if "," in model_path or (ckpt is not None and "," in str(ckpt)):
+            raise AnnotError(f"bench: lm-eval's --model_args cannot hold a path with a comma ({model_path}, {ckpt})")
+        cmd = lm_eval_command(model_path, claim, ckpt, out, device)
+        commands[step] = " ".join(cmd)
+        echo(f"lm-eval: step-{step} ...")
+        t = time.perf_counter()
+        proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
+        per_checkpoint[step] = time.perf_counter() - t
+        found = sorted(out.rglob("results_*.json"))
+        if proc.returncode != 0 or not found:
+            tail = (proc.stderr or proc.stdout).strip().splitlines()[-5:]
+            raise AnnotError(f"bench: lm_eval failed on step-{step} (exit {proc.returncode}): " + " | ".join(tail))
+        results = json.loads(found[-1].read_text(encoding="utf-8"))["results"]
+        accuracy[step] = {k: results[task_name(claim, k)]["acc,none"] for k in KINDS
+                          if task_name(claim, k) in results}
+    return {"seconds": sum(per_checkpoint.values()), "per_checkpoint_s": per_checkpoint, "accuracy": accuracy,
+            "batch_size": LM_EVAL_BATCH_SIZE, "device": device, "commands": commands}
+
+
+def compare_accuracies(ours: dict[int, dict[str, float]], theirs: dict[int, dict[str, float]] | None,
+                       n_items: dict[str, int]) -> tuple[list[dict], list[dict]]:
+    """Tidy rows (step, kind, n, annot, lm_eval, equal) and the rows that differ."""
+    rows = []
+    for step in sorted(ours):
+        for kind in KINDS:
+            if kind not in ours[step]:
+                continue
+            a = ours[step][kind]
+            b = None if theirs is None else theirs.get(step, {}).get(kind)
+            equal = None if theirs is None else (b is not None and abs(a - b) <= 1e-9)
+            rows.append({"step": step, "kind": kind, "n": n_items.get(kind, 0), "annot": a, "lm_eval": b,
+                         "equal": equal})
+    return rows, [r for r in rows if r["equal"] is False]
+
+
+# -- (d) memory and the machine ----------------------------------------------------------------------------
+
+
+def _rss_mib(who: int) -> float:
+    """Peak RSS in MiB (ru_maxrss is KiB on Linux, bytes on macOS)."""
+    peak = resource.getrusage(who).ru_maxrss
+    return peak / 2 ** 20 if sys.platform == "darwin" else peak / 2 ** 10
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine_info(device: str) -> dict:
+    import importlib.metadata as md
+
+    import peft
+    import torch
+    import transformers
+
+    def version(dist: str) -> str | None:
+        try:
+            return md.version(dist)
+        except md.PackageNotFoundError:
+            return None
+
+    cuda = device.startswith("cuda")
+    return {"cpu_count": os.cpu_count(),
+            "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+            "torch_threads": torch.get_num_threads(), "device": device,
+            "device_name": torch.cuda.get_device_name(0) if cuda else _cpu_name(), "cpu_name": _cpu_name(),
+            "python": platform.python_version(), "platform": platform.platform(), "torch": torch.__version__,
+            "transformers": transformers.__version__, "peft": peft.__version__, "lm_eval": version("lm_eval"),
+            "cuda": torch.version.cuda if cuda else None}
+
+
+# -- the benchmark -----------------------------------------------------------------------------------------
+
+
+def run_bench(model: str = "smollm2-135m", claim: str = "mira_castellan_profession", n_docs: int = 32,
+              steps: int = 6, batch_size: int = 4, seq_len: int = 256, checkpoints: int = 8, lm_eval: bool = True,
+              out: Path = Path("bench.json"), echo=print) -> dict:
+    """Measure (a)-(d) (see the module docstring), print a table with `echo`, write all figures to `out`."""
+    from annot.config import TrainingConfig
+    from annot.io import write_json
+    from annot.lm_eval_export import task_name
+    from annot.models import default_device, load_model, load_tokenizer, resolve_model
+    from annot.specs import EVALS, load_probe_set, validate
+
+    # -- everything a user can get wrong, before any model is loaded
+    if steps < 2:
+        raise AnnotError(f"bench: steps: {steps} is too few; the first optimizer step is not timed, use >= 2")
+    if n_docs < 1:
+        raise AnnotError(f"bench: n_docs: {n_docs}; generate at least 1 document")
+    cfg = validate(TrainingConfig, {"max_steps": steps, "batch_size": batch_size, "seq_len": seq_len,
+                                    "checkpoints": checkpoints, "lr": LR}, "bench")
+    ps = load_probe_set(claim)
+    tasks = EVALS / "lm_eval" / f"{task_name(ps.claim)}.yaml"
+    if ps.claim != claim or not tasks.is_file():
+        raise AnnotError(f"bench: claim: no exported lm-eval tasks at {tasks}; run `annot evals export`")
+    if lm_eval:
+        lm_eval_executable()
+    model_path = resolve_model(model)
+    out = Path(out)
+
+    import torch
+
+    device = default_device()
+    cuda = device.startswith("cuda")
+    memory: dict = {"peak_rss_mib_after": {}, "cuda_max_allocated_mib": {}}
+    examples = bench_corpus(claim, n_docs)
+    tokenizer = load_tokenizer(model)
+    echo(f"bench: measuring the {device} matmul peak ...")
+    peak = matmul_peak(device)
+    result: dict = {
+        "params": {"model": model, "resolved_model": model_path, "claim": claim, "n_docs": n_docs, "steps": steps,
+                   "batch_size": batch_size, "seq_len": seq_len, "checkpoints": checkpoints, "lm_eval": lm_eval,
+                   "out": str(out), "seed": SEED, "wrapper": WRAPPER, "timed_steps": steps - 1,
+                   "training": cfg.model_dump(), "probe_batch_size": PROBE_BATCH_SIZE,
+                   "lm_eval_batch_size": LM_EVAL_BATCH_SIZE},
+        "machine": machine_info(device),
+        "corpus": {"documents": len(examples),
+                   "tokens": sum(len(ids) + 1 for ids in
+                                 tokenizer([e["text"] for e in examples], add_special_tokens=False)["input_ids"])},
+        "peak": peak,
+    }
+    with tempfile.TemporaryDirectory(prefix="annot-bench-") as tmp:
+        work = Path(tmp)
+
+        def pretrained():
+            return load_model(model)[0]  # fp32 on CPU, bf16 on CUDA
+
+        pair = _train_pair(pretrained, tokenizer, examples, cfg, work, peak, echo, "pretrained", memory)
+        result["flops_per_token"] = pair.pop("flops_per_token")
+        result["train"] = pair
+
+        if cuda:
+            from transformers import AutoConfig, AutoModelForCausalLM
+
+            config = AutoConfig.from_pretrained(model_path)
+
+            def random_init():
+                torch.manual_seed(SEED)
+                return AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16).to(device)
+
+            result["random_init_bf16"] = _train_pair(random_init, tokenizer, examples, cfg, work, peak, echo,
+                                                     "random_init", memory)
+
+        ckpts = saved_checkpoints(work / "pretrained-annot")
+        echo(f"probing {len(ckpts)} checkpoints with annot's engine ...")
+        if cuda:
+            torch.cuda.reset_peak_memory_stats()
+        ours = probe_with_annot(model, claim, ckpts)
+        if cuda:
+            memory["cuda_max_allocated_mib"]["probe_annot"] = torch.cuda.max_memory_allocated() / 2 ** 20
+        memory["peak_rss_mib_after"]["probe_annot"] = _rss_mib(resource.RUSAGE_SELF)
+        theirs = probe_with_lm_eval(model, claim, ckpts, work, device, echo) if lm_eval else None
+        n_items = {k: sum(it.kind == k for it in ps.items) for k in KINDS}
+        rows, mismatches = compare_accuracies(ours["accuracy"], theirs and theirs["accuracy"], n_items)
+        result["probe"] = {
+            "checkpoints": [s for s, _ in ckpts], "n_checkpoints": len(ckpts),
+            "annot": {k: v for k, v in ours.items() if k != "accuracy"},
+            "lm_eval": None if theirs is None else {k: v for k, v in theirs.items() if k != "accuracy"},
+            "speedup": None if theirs is None else theirs["seconds"] / ours["seconds"],
+            "accuracy": rows, "equal": None if theirs is None else not mismatches, "mismatches": mismatches,
+        }
+    memory["peak_rss_mib"] = _rss_mib(resource.RUSAGE_SELF)
+    memory["children_peak_rss_mib"] = _rss_mib(resource.RUSAGE_CHILDREN) if lm_eval else None
+    if not cuda:
+        memory["cuda_max_allocated_mib"] = None
+    result["memory"] = memory
+    write_json(out, _jsonable(result))
+    result = json.loads(json.dumps(_jsonable(result)))  # the same figures as the file (str keys)
+    echo(format_bench(result))
+    echo(f"wrote {out}")
+    return result
+
+
+def _jsonable(obj):
+    """Dict keys as strings (steps are ints), NaN as None, so the file is strict JSON."""
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, float) and obj != obj:
+        return None
+    return obj
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.3g}%"
+
+
+def format_bench(r: dict) -> str:
+    """The readable table printed by run_bench (from the JSON figures)."""
+    p, m, fpt = r["params"], r["machine"], r["flops_per_token"]
+    lines = [f"annot bench: {p['model']}, {p['n_docs']} docs of {p['claim']}, {p['steps']} steps x "
+             f"{p['batch_size']} x {p['seq_len']} tokens, LoRA r={p['training']['lora_r']}",
+             f"machine: {m['device_name']} ({m['device']}, {m['cpus_usable']} CPUs, {m['torch_threads']} torch "
+             f"threads), torch {m['torch']}, transformers {m['transformers']}",
+             f"matmul peak {r['peak']['flops'] / 1e9:.1f} GFLOP/s ({r['peak']['dtype']}); training FLOPs/token "
+             f"{fpt['per_token'] / 1e6:.2f} M = 4*{fpt['n_frozen']} + 6*{fpt['n_trainable']} + {fpt['attention']}",
+             "",
+             f"{'training (steps 2..N)':<28}{'tokens/s':>10}{'MFU':>9}"]
+    sections = [("", r["train"])] + ([(" (random init, bf16)", r["random_init_bf16"])]
+                                     if r.get("random_init_bf16") else [])
+    for suffix, t in sections:
+        for label, key in (("annot driver", "annot"), ("transformers.Trainer", "trainer")):
+            x = t[key]
+            lines.append(f"  {label + suffix:<26}{x['tokens_per_s']:>10.1f}{_pct(x['mfu']):>9}")
+        lines.append(f"  {'annot / Trainer' + suffix:<26}{t['speed_ratio']:>9.2f}x")
+    pr = r["probe"]
+    lines += ["", f"{'probing ' + str(pr['n_checkpoints']) + ' checkpoints':<28}{'seconds':>10}",
+              f"  {'annot engine':<26}{pr['annot']['seconds']:>10.1f}"]
+    if pr["lm_eval"] is not None:
+        lines += [f"  {'lm-eval CLI':<26}{pr['lm_eval']['seconds']:>10.1f}",
+                  f"  {'speed-up':<26}{pr['speedup']:>9.1f}x   equal: {str(pr['equal']).lower()}"]
+        lines += [f"  mismatch step {x['step']} {x['kind']}: annot {x['annot']} vs lm-eval {x['lm_eval']}"
+                  for x in pr["mismatches"]]
+    lines += ["", f"{'step':>6}" + "".join(f"{k:>10}" for k in KINDS) + "   (annot accuracy" +
+              (" = lm-eval acc)" if pr["lm_eval"] is not None else ")")]
+    by_step: dict = {}
+    for row in pr["accuracy"]:
+        by_step.setdefault(row["step"], {})[row["kind"]] = row["annot"]
+    for step, accs in by_step.items():
+        lines.append(f"{step:>6}" + "".join(f"{accs.get(k, float('nan')):>10.3f}" for k in KINDS))
+    mem = r["memory"]
+    line = f"memory: peak RSS {mem['peak_rss_mib']:.0f} MiB"
+    if mem.get("children_peak_rss_mib") is not None:
+        line += f", largest lm-eval child {mem['children_peak_rss_mib']:.0f} MiB"
+    if mem.get("cuda_max_allocated_mib"):
+        line += ", CUDA max allocated " + ", ".join(f"{k} {v:.0f} MiB" for k, v in
+                                                     mem["cuda_max_allocated_mib"].items())
+    lines += ["", line]
+    return "\n".join(lines)
