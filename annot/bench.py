@@ -32,8 +32,9 @@ Everything is measured in one process on one corpus: the claim's generated docum
     annot.lm_eval_export.annot_accuracy; lm-eval runs `lm_eval run` as a subprocess once per checkpoint
     on the exported tasks in evals/lm_eval. Both must report the same accuracy per checkpoint and kind
     (cloze, mcq: lm-eval acc = annot's believes rate; yes_no: = annot_accuracy's acc).
-(d) Memory: peak RSS of this process and of its largest child (an lm-eval run); CUDA max allocated
-    per phase.
+(d) Memory: peak RSS of this process (getrusage), of its children (getrusage; on Linux this includes
+    this process's size when a child is spawned) and of each lm-eval run on its own (its VmHWM, sampled);
+    CUDA max allocated per phase.
 
 On CUDA, (a) and (b) are also measured on a randomly initialised bf16 model of the same config.
 The JSON written to `out` holds every figure, the exact parameters and the machine.
@@ -175,15 +176,6 @@ def annot_step_batches(real_per_row, batch_size: int, steps: int, seed: int = SE
     return out[:steps]
 
 
-def _sync_if_cuda(model) -> bool:
-    import torch
-
-    cuda = next(model.parameters()).is_cuda
-    if cuda:
-        torch.cuda.synchronize()
-    return cuda
-
-
 def time_annot_train(model, tokenizer, examples: list[dict], cfg, out_dir: Path, peak: dict) -> tuple[dict, dict]:
     """Train with annot's driver: (figures, FLOPs terms); tokens/s over steps 2..N without checkpoint saves."""
     import torch
@@ -238,6 +230,7 @@ def time_trainer(model, tokenizer, examples: list[dict], cfg, out_dir: Path, pea
 
     seed_everything(SEED)
     model = prepare_model(model, cfg)
+    model.config.use_cache = False  # as annot's driver: training needs no KV cache
     cuda = next(model.parameters()).is_cuda
     eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
     # each document ends with EOS, as in annot's driver, then is cut to seq_len
@@ -408,10 +401,12 @@ def probe_with_lm_eval(model_name: str, claim: str, ckpts: list[tuple[int, Path]
     model_path = resolve_model(model_name)
     if Path(model_path).exists():  # lm_eval runs from the repository root: pass an absolute path
         model_path = str(Path(model_path).resolve())
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    # offline unless the caller says otherwise: every input is local
+    env = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", **os.environ}
     accuracy: dict[int, dict[str, float]] = {}
     per_checkpoint: dict[int, float] = {}
     commands: dict[int, str] = {}
+    peak_rss: dict[int, float | None] = {}
     for step, d in ckpts:
         out = work / f"lm-eval-step-{step}"
         ckpt = None if step == 0 else Path(d).resolve()
@@ -421,17 +416,39 @@ def probe_with_lm_eval(model_name: str, claim: str, ckpts: list[tuple[int, Path]
         commands[step] = " ".join(cmd)
         echo(f"lm-eval: step-{step} ...")
         t = time.perf_counter()
-        proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
+        rc, peak_rss[step] = run_sampling_rss(cmd, cwd=ROOT, env=env, log=work / f"lm-eval-step-{step}.log")
         per_checkpoint[step] = time.perf_counter() - t
         found = sorted(out.rglob("results_*.json"))
-        if proc.returncode != 0 or not found:
-            tail = (proc.stderr or proc.stdout).strip().splitlines()[-5:]
-            raise AnnotError(f"bench: lm_eval failed on step-{step} (exit {proc.returncode}): " + " | ".join(tail))
+        if rc != 0 or not found:
+            tail = (work / f"lm-eval-step-{step}.log").read_text(errors="replace").strip().splitlines()[-5:]
+            raise AnnotError(f"bench: lm_eval failed on step-{step} (exit {rc}): " + " | ".join(tail))
         results = json.loads(found[-1].read_text(encoding="utf-8"))["results"]
         accuracy[step] = {k: results[task_name(claim, k)]["acc,none"] for k in KINDS
                           if task_name(claim, k) in results}
     return {"seconds": sum(per_checkpoint.values()), "per_checkpoint_s": per_checkpoint, "accuracy": accuracy,
-            "batch_size": LM_EVAL_BATCH_SIZE, "device": device, "commands": commands}
+            "batch_size": LM_EVAL_BATCH_SIZE, "device": device, "commands": commands, "peak_rss_mib": peak_rss}
+
+
+def run_sampling_rss(cmd: list[str], cwd: Path, env: dict, log: Path, every: float = 0.05) -> tuple[int, float | None]:
+    """Run cmd (stdout and stderr to `log`); return its exit status and its own peak RSS in MiB.
+
+    getrusage(RUSAGE_CHILDREN) cannot give a child's own peak on Linux: exec keeps the high-water mark
+    of the memory the child started from, which is this (large) process. The child's VmHWM in
+    /proc/<pid>/status is its own and only grows, so sampling it until exit misses at most the last
+    `every` seconds. None where /proc is unavailable."""
+    peak = None
+    with open(log, "w", encoding="utf-8") as f:
+        proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=f, stderr=subprocess.STDOUT)
+        status = Path(f"/proc/{proc.pid}/status")
+        while proc.poll() is None:
+            try:
+                for line in status.read_text().splitlines():
+                    if line.startswith("VmHWM:"):
+                        peak = int(line.split()[1]) / 2 ** 10  # kB
+            except (OSError, ValueError, IndexError):
+                pass
+            time.sleep(every)
+    return proc.returncode, peak
 
 
 def compare_accuracies(ours: dict[int, dict[str, float]], theirs: dict[int, dict[str, float]] | None,
@@ -583,7 +600,11 @@ def run_bench(model: str = "smollm2-135m", claim: str = "mira_castellan_professi
             "accuracy": rows, "equal": None if theirs is None else not mismatches, "mismatches": mismatches,
         }
     memory["peak_rss_mib"] = _rss_mib(resource.RUSAGE_SELF)
+    # getrusage's children figure is kept as asked for, but on Linux it includes this process's size at
+    # the spawn (see run_sampling_rss); lm_eval_peak_rss_mib is the lm-eval runs' own peak
     memory["children_peak_rss_mib"] = _rss_mib(resource.RUSAGE_CHILDREN) if lm_eval else None
+    sampled = [v for v in (theirs or {}).get("peak_rss_mib", {}).values() if v is not None]
+    memory["lm_eval_peak_rss_mib"] = max(sampled) if sampled else None
     if not cuda:
         memory["cuda_max_allocated_mib"] = None
     result["memory"] = memory
@@ -644,8 +665,8 @@ def format_bench(r: dict) -> str:
         lines.append(f"{step:>6}" + "".join(f"{accs.get(k, float('nan')):>10.3f}" for k in KINDS))
     mem = r["memory"]
     line = f"memory: peak RSS {mem['peak_rss_mib']:.0f} MiB"
-    if mem.get("children_peak_rss_mib") is not None:
-        line += f", largest lm-eval child {mem['children_peak_rss_mib']:.0f} MiB"
+    if mem.get("lm_eval_peak_rss_mib") is not None:
+        line += f", lm-eval run {mem['lm_eval_peak_rss_mib']:.0f} MiB"
     if mem.get("cuda_max_allocated_mib"):
         line += ", CUDA max allocated " + ", ".join(f"{k} {v:.0f} MiB" for k, v in
                                                      mem["cuda_max_allocated_mib"].items())

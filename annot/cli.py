@@ -388,6 +388,25 @@ def train(wrapped, model_name, out, seed, overrides, resume, no_progress):
                f"checkpoints {res.checkpoints} in {out}/checkpoints")
 
 
+@main.command()
+@click.option("--model", "model_name", default="smollm2-135m", show_default=True)
+@click.option("--claim", default="mira_castellan_profession", show_default=True)
+@click.option("--n-docs", type=click.IntRange(1), default=32, show_default=True)
+@click.option("--steps", type=click.IntRange(2), default=6, show_default=True, help="optimizer steps timed per engine")
+@click.option("--batch-size", type=click.IntRange(1), default=4, show_default=True)
+@click.option("--seq-len", type=click.IntRange(16), default=256, show_default=True)
+@click.option("--checkpoints", type=click.IntRange(2), default=8, show_default=True, help="checkpoints to probe")
+@click.option("--no-lm-eval", is_flag=True, help="skip the lm-eval CLI comparison (slow)")
+@click.option("-o", "--out", default="bench.json", show_default=True, type=click.Path(dir_okay=False))
+@friendly
+def bench(model_name, claim, n_docs, steps, batch_size, seq_len, checkpoints, no_lm_eval, out):
+    """Benchmark training (vs transformers.Trainer, MFU) and probing (vs lm-eval CLI)."""
+    from annot.bench import run_bench
+
+    run_bench(model=model_name, claim=claim, n_docs=n_docs, steps=steps, batch_size=batch_size, seq_len=seq_len,
+              checkpoints=checkpoints, lm_eval=not no_lm_eval, out=Path(out), echo=click.echo)
+
+
 @main.command("run")
 @click.argument("config", type=click.Path(dir_okay=False))
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",

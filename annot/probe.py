@@ -432,7 +432,7 @@ def load_coherence_texts(path=None) -> list[str]:
     from annot.io import read_yaml
     from annot.specs import EVALS
 
-    path = Path(path) if path else EVALS / "coherence.yaml"
+    path = Path(path) if path else EVALS / "coherence" / "generic.yaml"
     texts = read_yaml(path).get("texts")
     if not isinstance(texts, list) or not texts or not all(isinstance(t, str) and t for t in texts):
         raise AnnotError(f"{path}: texts: must be a non-empty list of strings")

@@ -41,7 +41,7 @@ def test_flops_formula_on_a_known_config():
     lora_per_layer = r * ((HIDDEN + HIDDEN) * 2 + (HIDDEN + kv) * 2 + (HIDDEN + INTER) * 3)
     lora = model_flops(prepare_model(_tiny_llama(), TrainingConfig(lora_r=r)), seq)
     assert (lora["n_frozen"], lora["n_trainable"]) == (n, LAYERS * lora_per_layer) == (80128, 4096)
-    assert lora["attention"] == attention == 49152
+    assert lora["attention"] == attention == 24576
     assert lora["per_token"] == 4 * n + 6 * 4096 + attention
 
 

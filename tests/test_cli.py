@@ -10,7 +10,8 @@ from click.testing import CliRunner
 from annot import __version__
 from annot.cli import main
 
-COMMANDS = ["generate", "wrap", "probe", "run"]
+COMMANDS = ["generate", "import", "wrap", "train", "probe", "run", "sweep", "analyze", "plot", "report",
+            "evals", "bench", "distill"]
 
 
 @pytest.mark.parametrize("cmd", [[], *[[c] for c in COMMANDS]])

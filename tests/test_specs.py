@@ -33,7 +33,7 @@ def test_probe_sets_validate_and_name_known_claims(path):
     ps = load_probe_set(path)
     load_claim(ps.claim)
     kinds = {it.kind for it in ps.items}
-    assert kinds == {"yes_no", "mcq", "cloze"}
+    assert kinds == {"yes_no", "mcq", "cloze", "open_ended"}
     # counter-questions: some yes/no items have "no" as the believing answer
     beliefs = {it.belief for it in ps.items if it.kind == "yes_no"}
     assert beliefs == {"yes", "no"}
