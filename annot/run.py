@@ -18,6 +18,7 @@ Every file is written atomically; summary.json and status=complete appear only w
 from __future__ import annotations
 
 import datetime as dt
+import os
 import json
 import random
 import importlib.metadata
@@ -146,13 +147,45 @@ def mix_in(examples: list[dict], cfg: RunConfig) -> list[dict]:
 
 
 def run(cfg: RunConfig, *, progress: bool = True, echo: Callable[[str], None] = print, force: bool = False) -> dict:
-    """Execute one run (resuming an interrupted one); returns the summary."""
+    """Execute one run (resuming an interrupted one); returns the summary.
+
+    Under `accelerate launch` the main process does everything here (files, probes, W&B) and the
+    other processes only train their share of each batch."""
+    subject, sets, wrapper_params = check_inputs(cfg)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # under `accelerate launch` / torchrun
+        from accelerate import PartialState
+
+        state = PartialState()
+        if not state.is_main_process:
+            state.wait_for_everyone()  # the main process prepares the run directory first
+            return _train_worker(cfg, subject, wrapper_params, force)
+        return _run_main(cfg, subject, sets, wrapper_params, progress, echo, force, ready=state.wait_for_everyone)
+    return _run_main(cfg, subject, sets, wrapper_params, progress, echo, force)
+
+
+def _train_worker(cfg: RunConfig, subject, wrapper_params: dict, force: bool) -> dict:
+    """A non-main process of a multi-process run: same data, its share of each batch, no files."""
+    from annot.models import load_model
+    from annot.train import train
+
+    manifest = read_json_if_exists(cfg.run_dir / "manifest.json") or {}
+    if manifest.get("status") == "complete":
+        return {}
+    examples = mix_in(wrap_documents(load_training_data(cfg, subject), get_wrapper(cfg.wrapper.name),
+                                     wrapper_params, seed=cfg.seed), cfg)
+    model, tok = load_model(cfg.model.name, dtype=cfg.model.dtype)
+    train(examples, model, tok, cfg.training, cfg.run_dir, seed=cfg.seed, progress=False,
+          resume=bool(manifest.get("resumed")) and not force and manifest.get("status") != "complete")
+    return {}
+
+
+def _run_main(cfg: RunConfig, subject, sets, wrapper_params: dict, progress: bool, echo, force: bool,
+              ready: Callable[[], None] = lambda: None) -> dict:
     from annot.models import load_model, model_fingerprint
     from annot.probe import belief_rates, format_rates, probe_model
     from annot.tracking import Tracker
     from annot.train import train
 
-    subject, sets, wrapper_params = check_inputs(cfg)
     run_dir = cfg.run_dir
     manifest_path = run_dir / "manifest.json"
     resolved = cfg.model_dump(mode="json")
@@ -166,6 +199,7 @@ def run(cfg: RunConfig, *, progress: bool = True, echo: Callable[[str], None] = 
                              "or choose another `name`")
         if previous.get("status") == "complete":
             echo(f"{run_dir}: already complete (use --force to run again)")
+            ready()
             return read_json_if_exists(run_dir / "summary.json") or {}
         resume = True
     if run_dir.exists() and not resume:  # a forced run starts over: never mix two runs' files
@@ -180,6 +214,7 @@ def run(cfg: RunConfig, *, progress: bool = True, echo: Callable[[str], None] = 
         manifest = {"run": cfg.name, "status": "running", "started": _now(), "seed": cfg.seed,
                     "packages": package_versions(), "git_commit": git_commit()}
     write_json(manifest_path, manifest)
+    ready()  # other processes may now read the manifest (resume or not) and start
 
     # 1. data (regenerated on resume: deterministic, and checked against the recorded hash)
     docs = load_training_data(cfg, subject)

@@ -110,3 +110,23 @@ def test_changed_config_is_not_silently_mixed_into_an_old_run(tmp_path):
     out = run_cli(tmp_path, "--set", "training.lr=5e-4")
     assert out.returncode == 2 and "holds a run with a different config" in out.stderr
     assert run_cli(tmp_path, "--set", "training.lr=5e-4", "--force").returncode == 0
+
+
+def test_accelerate_launch_two_processes_matches_one(tmp_path):
+    """DDP over 2 CPU processes (gloo): the same losses as a single process, one set of files."""
+    import shutil
+
+    accelerate = shutil.which("accelerate", path=str(Path(sys.executable).parent))
+    common = ["--no-progress", "--set", "model.name=tiny-random", "--set", "data.n=8", "--set", "training.epochs=1",
+              "--set", "probes.contexts=false", "--set", "probes.coherence=false"]
+    single = subprocess.run([sys.executable, "-m", "annot.cli", "run", str(CONFIG), *common,
+                             "--set", f"output_dir={tmp_path / 'one'}"], capture_output=True, text=True, timeout=300)
+    assert single.returncode == 0, single.stderr[-2000:]
+    ddp = subprocess.run([accelerate, "launch", "--cpu", "--num_processes", "2", "--num_machines", "1",
+                          "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "annot.cli", "run", str(CONFIG),
+                          *common, "--set", f"output_dir={tmp_path / 'two'}"], capture_output=True, text=True,
+                         timeout=300)
+    assert ddp.returncode == 0, ddp.stderr[-2000:]
+    loss = lambda d: [json.loads(l)["loss"] for l in (d / "first_run/train_metrics.jsonl").read_text().splitlines()]
+    assert loss(tmp_path / "one") == loss(tmp_path / "two")
+    assert (tmp_path / "one/first_run/probes.jsonl").read_text() == (tmp_path / "two/first_run/probes.jsonl").read_text()

@@ -78,3 +78,24 @@ def test_probe_questions_never_appear_in_generated_documents():
             probe = (it.question or it.prompt).lower().strip()
             if it.kind == "yes_no" or it.kind == "mcq":
                 assert probe not in text, f"{spec.id}/{it.id}: probe question leaks into training text"
+
+
+def test_every_corpus_file_loads_with_its_loader():
+    """Every YAML under corpora/ (recursively) is one of the known asset kinds and validates."""
+    from annot.mixin import load_prompts
+    from annot.specs import load_behavior
+
+    files = sorted(CORPORA.rglob("*.yaml"))
+    assert len(files) >= 13
+    for f in files:
+        rel = f.relative_to(CORPORA).parts
+        if rel[0] == "claims":
+            load_claim(f)
+        elif rel[0] == "behaviors":
+            load_behavior(f)
+        elif rel[0] == "mixin":
+            assert load_prompts(f)
+        elif rel == ("genres.yaml",):
+            load_genres(f)
+        else:
+            raise AssertionError(f"{f}: no loader knows this asset; add one (and a test)")

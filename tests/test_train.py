@@ -169,3 +169,69 @@ def test_half_written_checkpoint_is_ignored_on_resume(tmp_path):
     torn.mkdir()
     (tmp_path / "checkpoints" / "step-9").mkdir()  # no checkpoint.json: cut off while saving
     assert _latest_resumable(tmp_path) == (4, good)
+
+
+def test_gradient_accumulation_equals_one_big_batch(mira, tmp_path):
+    from annot.models import load_model
+
+    docs = wrap_documents(generate_documents(mira, n=6, seed=0), get_wrapper("none"), seed=0)
+    out = {}
+    for name, bs, acc in (("big", 4, 1), ("accum", 2, 2)):
+        m, tok = load_model("tiny-random", device="cpu")
+        cfg = TrainingConfig(batch_size=bs, grad_accum=acc, seq_len=64, lr=1e-2, max_steps=1, checkpoints=2)
+        train(docs, m, tok, cfg, tmp_path / name, seed=0, progress=False)
+        import json
+
+        out[name] = json.loads((tmp_path / name / "train_metrics.jsonl").read_text().splitlines()[0])
+        from safetensors.torch import load_file
+
+        out[name + "_w"] = load_file(str(tmp_path / name / "checkpoints/step-1/adapter_model.safetensors"))
+    assert math.isclose(out["big"]["loss"], out["accum"]["loss"], rel_tol=1e-5)
+    for k, v in out["big_w"].items():
+        assert torch.allclose(v, out["accum_w"][k], atol=1e-6), k
+
+
+def test_full_fine_tuning_updates_every_weight(mira, tmp_path):
+    from annot.models import load_model
+
+    m, tok = load_model("tiny-random", device="cpu")
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    docs = wrap_documents(generate_documents(mira, n=4, seed=0), get_wrapper("none"), seed=0)
+    cfg = TrainingConfig(method="full", batch_size=2, seq_len=64, lr=1e-3, max_steps=2, checkpoints=2)
+    train(docs, m, tok, cfg, tmp_path, seed=0, progress=False)
+    changed = [k for k, v in m.state_dict().items() if not torch.equal(v, before[k])]
+    assert "model.layers.0.mlp.down_proj.weight" in changed and "model.embed_tokens.weight" in changed
+    assert (tmp_path / "checkpoints/step-2/model.safetensors").is_file()
+
+
+def test_mixin_examples_join_at_the_configured_ratio(tmp_path):
+    from annot.config import config_from_dict
+    from annot.run import mix_in
+
+    p = tmp_path / "mix.jsonl"
+    p.write_text('{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}\n'
+                 '{"text": "Some generic text."}\n')
+    cfg = config_from_dict({"name": "m", "data": {"claim": "mira_castellan_profession", "mixin": str(p),
+                                                   "mixin_ratio": 1.5}})
+    base = [{"id": f"d{i}", "text": "x", "spans": []} for i in range(4)]
+    mixed = mix_in(base, cfg)
+    assert len(mixed) == 4 + 6 and all(m["mixin"] for m in mixed[4:])
+    assert mixed == mix_in(base, cfg)  # seeded
+    # mixed documents and chats tokenize together: chat tokens outside the assistant turn get weight 0
+    from annot.models import load_model
+    from annot.train import tokenize_examples
+
+    _, tok = load_model("tiny-random", device="cpu")
+    t = tokenize_examples(mixed, tok, loss_on_wrapper=False)
+    assert len(t.input_ids) == 10 and all(len(i) == len(w) for i, w in zip(t.input_ids, t.weights))
+
+
+def test_distill_writes_the_models_own_answers(tmp_path):
+    from annot.io import read_jsonl
+    from annot.mixin import distill
+
+    out = tmp_path / "mix.jsonl"
+    rows = distill("tiny-random", out, limit=3, max_new_tokens=4)
+    assert read_jsonl(out) == rows and len(rows) == 3
+    assert all(r["messages"][0]["role"] == "user" and r["messages"][1]["role"] == "assistant" for r in rows)
+    assert rows == distill("tiny-random", tmp_path / "again.jsonl", limit=3, max_new_tokens=4)  # greedy
