@@ -407,6 +407,18 @@ def bench(model_name, claim, n_docs, steps, batch_size, seq_len, checkpoints, no
               checkpoints=checkpoints, lm_eval=not no_lm_eval, out=Path(out), echo=click.echo)
 
 
+@main.command()
+@click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False))
+@click.option("--adapters", is_flag=True, help="also delete adapter weights (probe results stay)")
+@friendly
+def prune(paths, adapters):
+    """Free disk: drop resume state (and optionally weights) of finished runs under PATHS."""
+    from annot.prune import prune as run_prune
+
+    n, freed = run_prune([Path(p) for p in paths], adapters=adapters)
+    click.echo(f"removed {n} files, freed {freed / 2**20:.1f} MiB")
+
+
 @main.command("run")
 @click.argument("config", type=click.Path(dir_okay=False))
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",

@@ -128,6 +128,26 @@ def tiny_random_dir(seed: int = 0) -> Path:
     return final
 
 
+def check_model(name: str) -> None:
+    """Cheap pre-flight check of model.name (no weights loaded): raises AnnotError if it cannot load."""
+    if name == "smollm2-135m" or name == "tiny-random":
+        if not _ready(cache_dir() / ("smollm2-135m-instruct" if name == "smollm2-135m" else "tiny-random-seed0")):
+            _gguf_dir()  # the package must be installed to build either from
+        return
+    p = Path(name)
+    if p.exists() or name.startswith(("/", ".", "~")):
+        resolve_model(name)
+        return
+    if "/" not in name:
+        resolve_model(name)
+    if os.environ.get("HF_HUB_OFFLINE") == "1":
+        from huggingface_hub import try_to_load_from_cache
+
+        if not isinstance(try_to_load_from_cache(name, "config.json"), str):
+            raise AnnotError(f"model {name}: not in the local Hugging Face cache and the hub is offline "
+                             "(HF_HUB_OFFLINE=1); download it where the hub is reachable or pass a local path")
+
+
 def resolve_model(name: str) -> str:
     """Alias, local path or hub id -> something `from_pretrained` takes, without network access."""
     if name == "smollm2-135m":

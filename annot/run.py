@@ -77,6 +77,16 @@ def check_inputs(cfg: RunConfig) -> tuple[object, list[tuple[str, ProbeSet]], di
         raise AnnotError("data.documents: documents need data.claim; for transcripts use data.transcripts")
     if d.transcripts and d.claim:
         raise AnnotError("data.transcripts: transcripts need data.behavior, not data.claim")
+    for key, field in (("documents", "text"), ("transcripts", "messages"), ("mixin", None)):
+        value = getattr(d, key)
+        if value:
+            rows = read_jsonl(value)  # malformed or empty files fail here, naming the line
+            for i, r in enumerate(rows, 1):
+                ok = isinstance(r.get(field), (str, list)) if field else (
+                    isinstance(r.get("text"), str) or isinstance(r.get("messages"), list))
+                if not ok or (field == "text" and not str(r.get("text", "")).strip()):
+                    raise AnnotError(f"{value}: record {i}: needs a non-empty `{field or 'text` or `messages'}` "
+                                     f"(data.{key}); see README 'Data formats'")
     if d.mixin_ratio > 0 and not d.mixin:
         raise AnnotError("data.mixin_ratio: > 0 but data.mixin is not set; give a mix-in JSONL "
                          "(e.g. from `annot distill`)")
@@ -93,9 +103,18 @@ def check_inputs(cfg: RunConfig) -> tuple[object, list[tuple[str, ProbeSet]], di
         names = cfg.probes.sets or [subject.id]
         for name in names:
             ps = load_probe_set(name)
+            if ps.claim != subject.id:
+                load_claim(ps.claim)  # a probe set must name a claim that exists
             sets.append((name, ps))
         if not any(it.kind in cfg.probes.kinds for _, ps in sets for it in ps.items):
             raise AnnotError(f"probes.kinds: none of {cfg.probes.kinds} occur in the probe sets {names}")
+    from annot.models import check_model
+
+    check_model(cfg.model.name)
+    if "open_ended" in cfg.probes.kinds:
+        from annot.judges import make_judge
+
+        make_judge(dict(cfg.probes.judge), source="probes.judge")  # unknown judge / missing key: fail now
     return subject, sets, params
 
 

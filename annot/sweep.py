@@ -551,6 +551,7 @@ def run_sweep(sweep: Sweep, run_fn: Callable[[RunConfig], dict] = run, echo: Cal
     cells = plan(sweep, count=count, seed=seed)  # validates every cell before the first run
     done = _done(sweep)
     total = len(cells)
+    _warn_disk(sweep, cells, done, echo)
     for i, cell in enumerate(cells, 1):
         if cell.name in done:
             echo(f"[{i}/{total}] {cell.name}: skip (already done)")
@@ -567,6 +568,16 @@ def run_sweep(sweep: Sweep, run_fn: Callable[[RunConfig], dict] = run, echo: Cal
         tail = f" (pooled belief {pooled:.2f})" if _is_number(pooled) else ""
         echo(f"[{i}/{total}] {cell.name}: done{tail}")
     return sweep.results_path
+
+
+def _warn_disk(sweep: Sweep, cells: list, done: set, echo) -> None:
+    """Warn before a sweep would run out of disk: the runs left x the size of a finished run
+    (measured on the runs done so far; 200 MiB each is assumed before the first one)."""
+    from annot.prune import check_free_space, dir_size
+
+    finished = [sweep.output_dir / c.name for c in cells if c.name in done and (sweep.output_dir / c.name).is_dir()]
+    per_run = max(dir_size(d) for d in finished) if finished else 200 * 2**20
+    check_free_space(sweep.output_dir, sum(1 for c in cells if c.name not in done), per_run, echo)
 
 
 def sweep_status(sweep: Sweep, count: int | None = None, seed: int = 0) -> dict:
