@@ -232,6 +232,14 @@ def _score_open(model, tokenizer, reqs: list[_Req], contexts: list[str], opts, j
         jr += [JudgeRequest(question=r.item.question, answer=a, positive_markers=list(r.item.believe_markers),
                             negative_markers=list(r.item.disbelieve_markers), context=context) for a in answers]
     verdicts = judge.judge(jr)
+    failed = [x for x in verdicts if x.error]
+    if verdicts and len(failed) == len(verdicts):
+        # all-neutral from a dead endpoint would read as p_belief 0.5 everywhere: a wrong number that
+        # looks right. Stop instead, and say why.
+        from annot.errors import AnnotError
+
+        raise AnnotError(f"probes.judge: every one of {len(verdicts)} judge requests failed "
+                         f"({failed[0].error}); check the judge's base_url, model and API key variable")
     rows, v = [], 0
     for answers in samples:
         vs = verdicts[v:v + len(answers)]

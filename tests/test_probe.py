@@ -180,3 +180,23 @@ def test_import_probe_set(tmp_path):
     j.write_text('{"question": "Is she a keeper?", "belief": "maybe"}\n')
     with pytest.raises(AnnotError, match=r"items.jsonl: items.0"):
         import_probe_set(j, "mira_castellan_profession")
+
+
+def test_a_judge_that_always_fails_stops_the_probe(tiny):
+    from annot.config import OpenEndedConfig
+    from annot.errors import AnnotError
+    from annot.judges import Verdict
+
+    model, tok = tiny
+
+    class Dead:
+        name = "dead"
+
+        def judge(self, reqs):
+            return [Verdict(label="neutral", raw="", error="timeout") for _ in reqs]
+
+    item = ProbeItem(id="oe", kind="open_ended", question="What does Mira Castellan do?",
+                     believe_markers=["lighthouse keeper"], disbelieve_markers=["violin maker"])
+    with pytest.raises(AnnotError, match=r"every one of 2 judge requests failed \(timeout\)"):
+        probe_model(model, tok, [_set(item)], run="r", step=0, opts=OpenEndedConfig(n_samples=2, max_new_tokens=4),
+                    judge=Dead())

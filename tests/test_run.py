@@ -6,6 +6,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import yaml
 
 from annot.specs import ROOT
@@ -77,7 +78,8 @@ def test_wandb_offline_run_files_are_written(tmp_path, monkeypatch):
             assert env_key not in f.read_text(errors="ignore"), f
 
 
-def test_resume_an_interrupted_run_keeps_earlier_work(tmp_path):
+@pytest.mark.parametrize("kill_index", [1, 2])
+def test_resume_an_interrupted_run_keeps_earlier_work(tmp_path, kill_index):
     """A run SIGKILLed right after a checkpoint resumes from it; the results equal a clean run's."""
     import os
     import signal
@@ -91,7 +93,7 @@ def test_resume_an_interrupted_run_keeps_earlier_work(tmp_path):
     d = tmp_path / "cut" / "runs" / "first_run"
     # fault injection: the process SIGKILLs itself right after the second trained checkpoint
     died = subprocess.run(args, capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "ANNOT_FAULT_KILL_AT_STEP": str(steps[2])})
+                          env={**os.environ, "ANNOT_FAULT_KILL_AT_STEP": str(steps[kill_index])})
     assert died.returncode == -signal.SIGKILL
     man = json.loads((d / "manifest.json").read_text())
     assert man["status"] == "running" and not (d / "summary.json").exists()  # nothing looks complete
@@ -130,3 +132,38 @@ def test_accelerate_launch_two_processes_matches_one(tmp_path):
     loss = lambda d: [json.loads(l)["loss"] for l in (d / "first_run/train_metrics.jsonl").read_text().splitlines()]
     assert loss(tmp_path / "one") == loss(tmp_path / "two")
     assert (tmp_path / "one/first_run/probes.jsonl").read_text() == (tmp_path / "two/first_run/probes.jsonl").read_text()
+
+
+def test_killed_sweep_resumes_with_real_runs(tmp_path):
+    """`annot sweep` on the tiny model, SIGKILLed inside its second run; the re-run repeats no finished
+    run, resumes the cut one and ends with one results row per run and a report."""
+    import os
+    import signal
+
+    sweep = tmp_path / "s.yaml"
+    sweep.write_text(f"""name: s
+method: grid
+output_dir: {tmp_path / 'runs'}
+base:
+  model: {{name: tiny-random}}
+  data: {{claim: mira_castellan_profession, n: 6}}
+  training: {{max_steps: 4, checkpoints: 3}}
+  probes: {{contexts: false, coherence: false}}
+parameters:
+  wrapper.name: {{values: [none, notice]}}
+""")
+    cmd = [sys.executable, "-m", "annot.cli", "sweep", str(sweep)]
+    died = subprocess.run(cmd, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "ANNOT_FAULT_KILL_AT_STEP": "4"})
+    assert died.returncode == -signal.SIGKILL
+    rows = [json.loads(l) for l in (tmp_path / "runs/results.jsonl").read_text().splitlines()] \
+        if (tmp_path / "runs/results.jsonl").exists() else []
+    assert rows == []  # killed inside the first run, after its last checkpoint: no row yet
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "(resuming)" in again.stdout
+    rows = [json.loads(l) for l in (tmp_path / "runs/results.jsonl").read_text().splitlines()]
+    assert sorted(r["run"] for r in rows) == ["wrapper=none", "wrapper=notice"]
+    third = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert third.stdout.count("skip (already done)") == 2
+    assert (tmp_path / "runs/report/report.md").is_file()
