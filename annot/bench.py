@@ -42,7 +42,6 @@ The JSON written to `out` holds every figure, the exact parameters and the machi
 
 from __future__ import annotations
 
-import contextlib
 import gc
 import json
 import os
@@ -321,7 +320,7 @@ def probe_with_annot(model_name: str, claim: str, ckpts: list[tuple[int, Path]])
     """annot's engine: base model loaded once, adapters swapped; accuracies per checkpoint and kind."""
     from annot.lm_eval_export import annot_accuracy, read_task_docs
     from annot.models import load_model
-    from annot.probe import probe_model
+    from annot.probe import CheckpointSwitch, probe_model
     from annot.specs import load_probe_set
 
     t0 = time.perf_counter()
@@ -331,25 +330,10 @@ def probe_with_annot(model_name: str, claim: str, ckpts: list[tuple[int, Path]])
     accuracy: dict[int, dict[str, float]] = {}
     native_yes_no: dict[int, float] = {}
     per_checkpoint: dict[int, float] = {}
-    peft_model = None
+    models = CheckpointSwitch(model)
     for step, d in ckpts:
         t = time.perf_counter()
-        ctx = contextlib.nullcontext()
-        if step == 0:  # the base model; once wrapped, the base is the wrapper with adapters off
-            m = peft_model or model
-            if peft_model is not None:
-                ctx = peft_model.disable_adapter()
-        else:
-            from peft import PeftModel
-
-            name = f"step-{step}"
-            if peft_model is None:
-                peft_model = PeftModel.from_pretrained(model, str(d), adapter_name=name)
-            else:
-                peft_model.load_adapter(str(d), adapter_name=name)
-            peft_model.set_adapter(name)
-            m = peft_model
-        with ctx:
+        with models.switch(step, d, {"base": step == 0, "method": "lora"}) as m:
             rows = probe_model(m, tok, [ps], run="bench", step=step, kinds=list(KINDS),
                                batch_size=PROBE_BATCH_SIZE)
             yn = annot_accuracy(m, tok, yes_no_docs, batch_size=PROBE_BATCH_SIZE)
@@ -363,7 +347,7 @@ def probe_with_annot(model_name: str, claim: str, ckpts: list[tuple[int, Path]])
         accuracy[step] = acc
         per_checkpoint[step] = time.perf_counter() - t
     seconds = time.perf_counter() - t0
-    del model, peft_model
+    del model, models
     gc.collect()
     return {"seconds": seconds, "per_checkpoint_s": per_checkpoint, "accuracy": accuracy,
             "yes_no_native": native_yes_no, "batch_size": PROBE_BATCH_SIZE}

@@ -17,6 +17,7 @@ believing answer among the answers), score (its log-odds), believes (the model s
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections import defaultdict
 from dataclasses import dataclass
@@ -357,6 +358,38 @@ def gap_table(rates: dict[str, float]) -> dict[str, float]:
             if "@" in k and k.split("@")[0] in rates}
 
 
+class CheckpointSwitch:
+    """One base model, many checkpoints: LoRA adapters are loaded into a single PeftModel and
+    switched, so the base weights are read once. `switch(step, path, meta)` returns a context
+    manager that yields the model in that checkpoint's state (step 0 = adapters off)."""
+
+    def __init__(self, model, dtype: str = "auto"):
+        self.model, self.peft, self.dtype = model, None, dtype
+
+    @contextlib.contextmanager
+    def switch(self, step: int, path, meta: dict):
+        if meta.get("base") or step == 0:
+            if self.peft is None:
+                yield self.model
+            else:
+                with self.peft.disable_adapter():  # once wrapped, the base is the wrapper with adapters off
+                    yield self.peft
+        elif meta.get("method") == "full":
+            from annot.models import load_model
+
+            yield load_model(str(path), dtype=self.dtype)[0]
+        else:
+            from peft import PeftModel
+
+            name = f"step-{step}"
+            if self.peft is None:
+                self.peft = PeftModel.from_pretrained(self.model, str(path), adapter_name=name)
+            else:
+                self.peft.load_adapter(str(path), adapter_name=name)
+            self.peft.set_adapter(name)
+            yield self.peft
+
+
 def probe_run(run_dir, sets: list[str] | None = None, kinds: list[str] | None = None, batch_size: int = 16,
               robustness: bool = False) -> list[dict]:
     """Probe every saved checkpoint of a run: the base model is loaded once and adapters swapped."""
@@ -380,26 +413,13 @@ def probe_run(run_dir, sets: list[str] | None = None, kinds: list[str] | None = 
     if not ckpts:
         raise AnnotError(f"{run_dir}: no checkpoints found under checkpoints/; run `annot run` first")
     model, tok = load_model(cfg.model.name, dtype=cfg.model.dtype)
-    rows, peft_model = [], None
-    for step, d, meta in sorted(ckpts):
-        if meta.get("base"):
-            m = model
-        elif meta.get("method") == "full":
-            m, _ = load_model(str(d), dtype=cfg.model.dtype)
-        else:
-            from peft import PeftModel
-
-            name = f"step-{step}"
-            if peft_model is None:
-                peft_model = PeftModel.from_pretrained(model, str(d), adapter_name=name)
-            else:
-                peft_model.load_adapter(str(d), adapter_name=name)
-            peft_model.set_adapter(name)
-            m = peft_model
-        rows += probe_model(m, tok, loaded, run=cfg.name, step=step, kinds=kinds or list(cfg.probes.kinds),
-                            batch_size=batch_size, set_names=names, opts=cfg.probes.open_ended, seed=cfg.seed,
-                            settings=settings_for(loaded, contexts=cfg.probes.contexts,
-                                                  robustness=robustness or cfg.probes.robustness))
+    models, rows = CheckpointSwitch(model, cfg.model.dtype), []
+    for step, d, meta in sorted(ckpts, key=lambda c: c[0]):
+        with models.switch(step, d, meta) as m:
+            rows += probe_model(m, tok, loaded, run=cfg.name, step=step, kinds=kinds or list(cfg.probes.kinds),
+                                batch_size=batch_size, set_names=names, opts=cfg.probes.open_ended,
+                                seed=cfg.seed, settings=settings_for(loaded, contexts=cfg.probes.contexts,
+                                                                     robustness=robustness or cfg.probes.robustness))
     return rows
 
 

@@ -167,3 +167,18 @@ parameters:
     third = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert third.stdout.count("skip (already done)") == 2
     assert (tmp_path / "runs/report/report.md").is_file()
+
+
+def test_reprobing_saved_checkpoints_reproduces_the_run(tmp_path):
+    """`annot probe RUN_DIR` (base loaded once, adapters swapped) gives the rows the run recorded."""
+    assert run_cli(tmp_path, "--set", "probes.contexts=false").returncode == 0
+    d = tmp_path / "runs" / "first_run"
+    out = subprocess.run([sys.executable, "-m", "annot.cli", "probe", str(d), "-o", str(tmp_path / "p.jsonl")],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    key = lambda r: (r["step"], r["probe_id"])
+    recorded = sorted((json.loads(l) for l in (d / "probes.jsonl").read_text().splitlines()), key=key)
+    again = sorted((json.loads(l) for l in (tmp_path / "p.jsonl").read_text().splitlines()), key=key)
+    assert [(key(r), r["believes"]) for r in recorded] == [(key(r), r["believes"]) for r in again]
+    for a, b in zip(recorded, again):
+        assert abs(a["p_belief"] - b["p_belief"]) < 1e-4
