@@ -215,12 +215,17 @@ def resolve_asset(ref: str | Path, folder: Path, kind: str) -> Path:
                      f"(or pass a path to a YAML file)")
 
 
-def load_claim(ref: str | Path) -> ClaimSpec:
-    path = resolve_asset(ref, CORPORA / "claims", "claim")
-    spec = validate(ClaimSpec, read_yaml(path), path)
+def _load_named(ref: str | Path, folder: Path, kind: str, model: type[BaseModel]):
+    """An asset with an `id` that must equal its file name when it is referred to by name."""
+    path = resolve_asset(ref, folder, kind)
+    spec = validate(model, read_yaml(path), path)
     if Path(ref).suffix not in (".yaml", ".yml") and spec.id != str(ref):
         raise AnnotError(f"{path}: id: is {spec.id!r} but the file is named {path.stem!r}; make them equal")
     return spec
+
+
+def load_claim(ref: str | Path) -> ClaimSpec:
+    return _load_named(ref, CORPORA / "claims", "claim", ClaimSpec)
 
 
 def load_genres(path: str | Path | None = None) -> GenreLibrary:
@@ -282,11 +287,7 @@ class BehaviorProbeSet(Strict):
 
 
 def load_behavior(ref: str | Path) -> BehaviorSpec:
-    path = resolve_asset(ref, CORPORA / "behaviors", "behavior")
-    spec = validate(BehaviorSpec, read_yaml(path), path)
-    if Path(ref).suffix not in (".yaml", ".yml") and spec.id != str(ref):
-        raise AnnotError(f"{path}: id: is {spec.id!r} but the file is named {path.stem!r}; make them equal")
-    return spec
+    return _load_named(ref, CORPORA / "behaviors", "behavior", BehaviorSpec)
 
 
 def load_behavior_probes(ref: str | Path) -> BehaviorProbeSet:
