@@ -44,6 +44,10 @@ def main():
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     import warnings
 
+    from annot.allocator import tune_allocator
+
+    tune_allocator()  # reuse freed memory between training/scoring steps (see annot/allocator.py)
+
     warnings.filterwarnings("ignore", category=FutureWarning)  # library deprecation chatter, not for users
 
 

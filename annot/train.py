@@ -360,6 +360,9 @@ def train(examples: list[dict], model, tokenizer, cfg: TrainingConfig, out_dir: 
     """
     from tqdm.auto import tqdm
 
+    from annot.allocator import tune_allocator
+
+    tune_allocator()  # idempotent; keeps step-to-step allocations from page-faulting again
     out_dir = Path(out_dir)
     seed_everything(seed)
     device = next(model.parameters()).device

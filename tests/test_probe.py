@@ -23,6 +23,51 @@ def test_loglikelihood_matches_a_direct_computation(tiny):
     assert math.isclose(many[0], ll, rel_tol=1e-4) and math.isclose(many[2], ll, rel_tol=1e-4)
 
 
+def _one_by_one(model, tok, pairs):
+    """Each pair as one unpadded sequence, no cache: the reference for the batched scorer."""
+    out = []
+    with torch.no_grad():
+        for ctx, cont in pairs:
+            c, x = encode_pair(tok, ctx, cont)
+            lp = torch.log_softmax(model(input_ids=torch.tensor([c + x])).logits[0].float(), -1)
+            out.append(sum(float(lp[len(c) - 1 + i, t]) for i, t in enumerate(x)))
+    return out
+
+
+def test_shared_starts_and_cached_contexts_give_the_one_by_one_numbers(tiny, monkeypatch):
+    """Chat questions share the template's system prompt (run once), the choices of a question share
+    it (run once, continuations from its KV cache), raw prompts share nothing: every number equals
+    scoring the pair alone, and the sharing really happens (fewer forward calls)."""
+    import annot.probe as probe
+    from annot.probe import chat_prompt, next_token_logprobs
+
+    model, tok = tiny
+    qs = [chat_prompt(tok, f"Question {k}: what does Mira Castellan do for a living, in {k} words?") for k in range(6)]
+    choices = [" a lighthouse keeper", " a ship's pilot on the northern route", " a baker", " Yes"]
+    pairs = [(q, c) for q in qs for c in choices] + [("Mira Castellan works as", " a keeper"),
+                                                     ("Another raw prompt that shares nothing", " at all")]
+    calls = []
+    real_call = probe._call
+    monkeypatch.setattr(probe, "_call", lambda m, **kw: calls.append(kw["input_ids"].shape) or real_call(m, **kw))
+    got = loglikelihoods(model, tok, pairs, batch_size=4)
+    want = _one_by_one(model, tok, pairs)
+    assert got == pytest.approx(want, abs=1e-4)
+    # 8 contexts: one shared start + 2 batches of chat contexts + one batch of raw prompts, plus one
+    # continuation pass per batch with multi-token choices - far fewer than one call per pair
+    assert len(calls) < len(pairs) / 3
+    assert any(shape[0] == 1 and shape[1] >= 20 for shape in calls)  # the system prompt, once
+    # with sharing switched off the numbers are the same
+    monkeypatch.setattr(probe, "MIN_SAVED_TOKENS", 10 ** 9)
+    assert loglikelihoods(model, tok, pairs, batch_size=3) == pytest.approx(want, abs=1e-4)
+    # next-token distributions through the same path
+    lp = next_token_logprobs(model, tok, qs + ["A raw prompt"], batch_size=4)
+    with torch.no_grad():
+        for k, ctx in enumerate(qs + ["A raw prompt"]):
+            ids = tok(ctx, add_special_tokens=False)["input_ids"]
+            ref = torch.log_softmax(model(input_ids=torch.tensor([ids])).logits[0, -1].float(), -1)
+            assert torch.allclose(lp[k], ref, atol=1e-4)
+
+
 def test_counter_questions_flip_the_believing_answer(tiny):
     model, tok = tiny
     q = "Does Mira Castellan work as a lighthouse keeper?"
