@@ -8,24 +8,32 @@ Everything is measured in one process on one corpus: the claim's generated docum
 
 (a) Training throughput, in non-padding tokens per second over the optimizer steps after the first
     (the first pays for allocation and warm-up):
-    - annot: annot.train.train on packed rows of seq_len tokens; its checkpoint saves are subtracted
-      from the timed window (the baseline saves nothing);
+    - annot: annot.train.train on packed rows of seq_len tokens; its checkpoint saves are excluded
+      from the timed steps (the baseline saves nothing);
     - baseline: a plain transformers.Trainer with the same LoRA config (annot.train.prepare_model),
-      batch size, steps, lr and schedule, one document per sequence, truncated to seq_len, padded per
-      batch, labels -100 on padding.
-(b) Model FLOPs utilisation, MFU = tokens/s * C / peak, with the training FLOPs per token
+      batch size, steps, lr and schedule, one whole document per sequence (EOS appended, as annot
+      does), padded to the longest of its batch, labels -100 on padding: the same documents and
+      tokens, without packing. Generated documents run ~70-950 tokens, so a batch of 4 is ~40% padding.
+    Both run in this process after annot.allocator.tune_allocator(), so both get the same allocator.
+(b) Model FLOPs utilisation: the FLOPs of the real tokens over the matmul capacity of the time spent,
 
-        C = 4 * N_frozen + 6 * N_trainable + 6 * n_layers * seq_len * hidden
+        C = 4 * N_frozen + 6 * N_trainable + 6 * n_layers * L * hidden    per real token
 
     N_frozen / N_trainable count the parameters that enter a matmul: every nn.Linear (and GPT-2 style
     Conv1D) weight and bias, LoRA's A and B included, the LM head once even when tied to the input
     embeddings; embedding lookups and norms do no matmul. A trained weight costs 2 FLOPs per token in
     the forward pass, 2 for the gradient of its input and 2 for its own gradient (6); a frozen one needs
     no gradient of its own (4). Causal attention: scores (QK^T) and the weighted sum of values are
-    2 * 2 * seq_len * hidden FLOPs per token and layer forward over the full row, half of it under a causal
-    mask, times 3 for forward + backward: 6 * n_layers * seq_len * hidden (PaLM's MFU convention, with
-    seq_len the row length for both engines). Full fine-tuning has N_frozen = 0: C = 6 * N + attention.
-    The peak is the best of several square torch.mm (fp32 on CPU, bf16 on CUDA).
+    2 * 2 * L * hidden FLOPs per token and layer forward over a row of L tokens, half of it under a
+    causal mask, times 3 for forward + backward: 6 * n_layers * L * hidden (PaLM's MFU convention; L is
+    seq_len for annot's packed rows and each batch's padded length for the baseline). Full fine-tuning
+    has N_frozen = 0: C = 6 * N + attention. Padding tokens count for nothing.
+    The peak is measured twice. Up front: the best of several square torch.mm (fp32 on CPU, bf16 on
+    CUDA) -> `peak` and mfu_vs_best_peak. Around every timed step: a 1024^3 torch.mm sample right before
+    and right after it (outside the timed window) -> mfu = FLOPs / sum(step seconds * the better of its
+    two samples). On a shared VM the attainable matmul rate drifts by tens of percent within minutes,
+    so the local figure is the one that compares like with like; both are reported, and the
+    engine-vs-engine speed_ratio uses tokens/s rescaled the same way (speed_ratio_raw is the plain one).
 (c) Probing the checkpoints that (a)'s annot run saved (step-0 is the base model): annot's engine loads
     the base model once and swaps LoRA adapters (peft load_adapter / set_adapter), scoring yes_no/mcq/
     cloze with annot.probe.probe_model and the lm-eval-comparable yes_no with
@@ -64,6 +72,7 @@ PROBE_BATCH_SIZE = 16    # annot's default (probes.batch_size)
 LM_EVAL_BATCH_SIZE = 8
 PEAK_SIZES = {"cpu": (1024, 2048), "cuda": (2048, 4096, 8192)}
 PEAK_REPS = 5
+SAMPLE_SIZE, SAMPLE_REPS = 1024, 3  # the matmul-rate sample taken around every timed step (CPU)
 FLOPS_FORMULA = "4*N_frozen + 6*N_trainable + 6*n_layers*seq_len*hidden"
 
 
@@ -136,11 +145,50 @@ def matmul_peak(device: str = "cpu", sizes: tuple[int, ...] | None = None, reps:
             "reps": reps}
 
 
-def _throughput(tokens: int, seconds: float, flops: dict, peak: dict, steps_timed: int) -> dict:
-    tps = tokens / seconds
-    return {"tokens": tokens, "seconds": seconds, "steps_timed": steps_timed, "tokens_per_s": tps,
-            "flops_per_token": flops["per_token"], "achieved_flops": tps * flops["per_token"],
-            "mfu": tps * flops["per_token"] / peak["flops"]}
+def quick_peak(device: str = "cpu", n: int | None = None, reps: int = SAMPLE_REPS) -> float:
+    """FLOP/s of the best of `reps` square n x n torch.mm: the machine's matmul rate right now (~0.05 s on
+    2 CPU cores). On a shared machine this rate drifts (we saw 100-200 GFLOP/s within an hour on the
+    same 2-core VM), so each timed step is paired with samples taken right before and after it."""
+    import torch
+
+    cuda = device.startswith("cuda")
+    n = n or (4 * SAMPLE_SIZE if cuda else SAMPLE_SIZE)
+    dtype = torch.bfloat16 if cuda else torch.float32
+    inner = 20 if cuda else 1
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    c = torch.empty_like(a)
+    torch.mm(a, b, out=c)
+    sync()
+    best = float("inf")
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        for _ in range(inner):
+            torch.mm(a, b, out=c)
+        sync()
+        best = min(best, (time.perf_counter() - t0) / inner)
+    return 2 * n ** 3 / best
+
+
+def _throughput(steps: list[dict], peak: dict) -> dict:
+    """Figures over timed steps, each {"tokens", "seconds", "flops", "peak_before", "peak_after"}.
+
+    tokens_per_s = sum tokens / sum seconds. mfu = sum flops / sum(seconds * local peak), the local peak
+    of a step being the better of the samples around it; mfu_vs_best_peak divides by the best rate
+    measured up front instead (the stricter figure when the machine was quiet then and busy later).
+    tokens_per_s_normalised rescales each step to the up-front peak: the throughput a quiet machine
+    would show, used for the engine-vs-engine ratio so that drift between the two runs cancels."""
+    tokens = sum(x["tokens"] for x in steps)
+    seconds = sum(x["seconds"] for x in steps)
+    flops = sum(x["flops"] for x in steps)
+    local = [max(x["peak_before"], x["peak_after"]) for x in steps]
+    capacity = sum(x["seconds"] * p for x, p in zip(steps, local))
+    return {"tokens": tokens, "seconds": seconds, "steps_timed": len(steps), "tokens_per_s": tokens / seconds,
+            "flops": flops, "flops_per_token": flops / tokens, "achieved_flops": flops / seconds,
+            "mfu": flops / capacity, "mfu_vs_best_peak": flops / seconds / peak["flops"],
+            "local_peak_mean": capacity / seconds,
+            "tokens_per_s_normalised": tokens / capacity * peak["flops"], "per_step": steps}
 
 
 # -- (a) training ----------------------------------------------------------------------------------------
@@ -175,52 +223,84 @@ def annot_step_batches(real_per_row, batch_size: int, steps: int, seed: int = SE
     return out[:steps]
 
 
-def time_annot_train(model, tokenizer, examples: list[dict], cfg, out_dir: Path, peak: dict) -> tuple[dict, dict]:
-    """Train with annot's driver: (figures, FLOPs terms); tokens/s over steps 2..N without checkpoint saves."""
-    import torch
+class StepClock:
+    """Times optimizer steps from callbacks: `end(step)` when a step has finished (samples the matmul
+    rate, then restarts the clock, so sampling is never inside a step), `pause_until_now()` after work
+    that is not training (a checkpoint save). Step k's time runs from the restart after step k-1."""
 
+    def __init__(self, device: str):
+        self.device = device
+        self.cuda = device.startswith("cuda")
+        self.ended: dict[int, float] = {}     # step -> seconds it took
+        self.sample: dict[int, float] = {}    # step -> matmul rate sampled right after it
+        self.paused = 0.0
+        self.restart: float | None = None
+
+    def _sync(self) -> None:
+        if self.cuda:
+            import torch
+
+            torch.cuda.synchronize()
+
+    def end(self, step: int) -> None:
+        self._sync()
+        now = time.perf_counter()
+        if self.restart is not None:
+            self.ended[step] = now - self.restart
+        self.sample[step] = quick_peak(self.device)
+        self.restart = time.perf_counter()
+
+    def pause_until_now(self) -> None:
+        self._sync()
+        self.restart = time.perf_counter()
+
+    def steps(self, first: int, last: int, tokens: dict[int, int], flops: dict[int, float]) -> list[dict]:
+        """Per-step rows for steps first..last (each has a sample before it: the one after step k-1)."""
+        return [{"step": k, "tokens": tokens[k], "seconds": self.ended[k], "flops": flops[k],
+                 "peak_before": self.sample[k - 1], "peak_after": self.sample[k]} for k in range(first, last + 1)]
+
+
+def time_annot_train(model, tokenizer, examples: list[dict], cfg, out_dir: Path, peak: dict) -> tuple[dict, dict]:
+    """Train with annot's driver: (figures, FLOPs terms); steps 2..N timed, checkpoint saves excluded."""
     from annot.train import pack, tokenize_cached, train
 
     packed = pack(tokenize_cached(examples, tokenizer, cfg), cfg.seq_len, tokenizer.pad_token_id)
     real_per_row = (packed.doc_ids >= 0).sum(1)  # pack pads only the tail of the last row
     batches = annot_step_batches(real_per_row, cfg.batch_size, cfg.max_steps)
-    cuda = next(model.parameters()).is_cuda
-    logged: dict[int, tuple[float, int]] = {}  # step -> (time the step ended, cumulative tokens incl. padding)
-    saved: dict[int, float] = {}                # step -> time its checkpoint was written
+    clock = StepClock(str(next(model.parameters()).device))
+    logged: dict[int, int] = {}   # step -> cumulative tokens incl. padding (train()'s count)
+    saves: list[int] = []
     prepared = {}
 
     def log(row: dict) -> None:
-        if cuda:
-            torch.cuda.synchronize()
-        logged[row["step"]] = (time.perf_counter(), row["tokens"])
+        clock.end(row["step"])
+        logged[row["step"]] = row["tokens"]
 
     def on_checkpoint(step: int, m) -> None:
         prepared.setdefault("model", m)  # the LoRA-wrapped model (step 0 is saved after prepare_model)
-        saved[step] = time.perf_counter()
+        saves.append(step)
+        clock.pause_until_now()  # the save is not training time (the baseline saves nothing)
 
     result = train(examples, model, tokenizer, cfg, out_dir, seed=SEED, on_checkpoint=on_checkpoint, log=log,
                    progress=False)
     prev = 0
     for step, (rows, _) in enumerate(batches, 1):
-        if logged[step][1] - prev != rows * cfg.seq_len:
-            raise RuntimeError(f"annot.train's batching changed (step {step}: {logged[step][1] - prev} tokens, "
+        if logged[step] - prev != rows * cfg.seq_len:
+            raise RuntimeError(f"annot.train's batching changed (step {step}: {logged[step] - prev} tokens, "
                                f"expected {rows} rows); update annot.bench.annot_step_batches")
-        prev = logged[step][1]
-    last = cfg.max_steps
-    wall = logged[last][0] - logged[1][0]
-    # log(row) of step k runs right before checkpoint(k): the save took saved[k] - logged[k]
-    ckpt_s = sum(saved[k] - logged[k][0] for k in saved if 1 <= k < last)
-    tokens = sum(real for _, real in batches[1:])
+        prev = logged[step]
     flops = model_flops(prepared["model"], cfg.seq_len)
+    tokens = {k: real for k, (_, real) in enumerate(batches, 1)}
+    steps = clock.steps(2, cfg.max_steps, tokens, {k: t * flops["per_token"] for k, t in tokens.items()})
     padding = int(packed.doc_ids.numel() - real_per_row.sum())
-    return {**_throughput(tokens, wall - ckpt_s, flops, peak, last - 1), "seconds_with_checkpoints": wall,
-            "checkpoint_seconds": ckpt_s, "tokens_per_s_with_checkpoints": tokens / wall,
-            "packed_rows": int(packed.input_ids.size(0)), "padding_tokens": padding,
-            "checkpoints": list(result.checkpoints), "final_loss": result.final_loss}, flops
+    return {**_throughput(steps, peak), "packed_rows": int(packed.input_ids.size(0)), "padding_tokens": padding,
+            "checkpoints": list(result.checkpoints), "checkpoint_saves_excluded": [k for k in saves if k >= 1],
+            "final_loss": result.final_loss}, flops
 
 
 def time_trainer(model, tokenizer, examples: list[dict], cfg, out_dir: Path, peak: dict) -> dict:
-    """Train with a plain transformers.Trainer: one padded document per sequence, same LoRA config."""
+    """Train with a plain transformers.Trainer: one whole document per sequence, padded to the longest of
+    its batch (the usual recipe without packing), same LoRA config, batch size, steps and optimizer."""
     import torch
     from transformers import Trainer, TrainerCallback, TrainingArguments
     from transformers.trainer_callback import PrinterCallback
@@ -230,12 +310,15 @@ def time_trainer(model, tokenizer, examples: list[dict], cfg, out_dir: Path, pea
     seed_everything(SEED)
     model = prepare_model(model, cfg)
     model.config.use_cache = False  # as annot's driver: training needs no KV cache
-    cuda = next(model.parameters()).is_cuda
+    device = str(next(model.parameters()).device)
+    cuda = device.startswith("cuda")
     eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
-    # each document ends with EOS, as in annot's driver, then is cut to seq_len
+    # each document ends with EOS, as in annot's driver; only a document longer than the model's
+    # context would be cut (none of the generated ones is)
+    max_len = min(getattr(model.config, "max_position_embeddings", None) or 2048, 8192)
     enc = tokenizer([e["text"] for e in examples], add_special_tokens=False)["input_ids"]
-    data = [{"input_ids": (list(ids) + [eos])[:cfg.seq_len]} for ids in enc]
-    batch_tokens: list[int] = []  # non-padding tokens of each collated batch, in order
+    data = [{"input_ids": (list(ids) + [eos])[:max_len]} for ids in enc]
+    batches: list[tuple[int, int, int]] = []  # (non-padding tokens, padded length, rows) of each batch, in order
 
     def collate(features: list[dict]) -> dict:
         """Pad to the longest sequence of the batch; padded labels are -100 (EOS stays a target even
@@ -246,16 +329,14 @@ def time_trainer(model, tokenizer, examples: list[dict], cfg, out_dir: Path, pea
         for r, f in enumerate(features):
             ids[r, :len(f["input_ids"])] = torch.tensor(f["input_ids"])
             mask[r, :len(f["input_ids"])] = 1
-        batch_tokens.append(int(mask.sum()))
+        batches.append((int(mask.sum()), L, len(features)))
         return {"input_ids": ids, "attention_mask": mask, "labels": ids.masked_fill(mask == 0, -100)}
 
-    stamps: dict[int, float] = {}
+    clock = StepClock(device)
 
     class Stamp(TrainerCallback):
         def on_step_end(self, args, state, control, **kwargs):
-            if cuda:
-                torch.cuda.synchronize()
-            stamps[state.global_step] = time.perf_counter()
+            clock.end(state.global_step)
 
     args = TrainingArguments(
         output_dir=str(out_dir), per_device_train_batch_size=cfg.batch_size, max_steps=cfg.max_steps,
@@ -267,12 +348,21 @@ def time_trainer(model, tokenizer, examples: list[dict], cfg, out_dir: Path, pea
     trainer = Trainer(model=model, args=args, train_dataset=data, data_collator=collate, callbacks=[Stamp()])
     trainer.remove_callback(PrinterCallback)  # it prints the final metrics dict
     trainer.train()
-    last = cfg.max_steps
     # the dataloader may fetch one batch ahead: batch k belongs to step k all the same
-    tokens = sum(batch_tokens[1:last])
-    flops = model_flops(model, cfg.seq_len)
-    return {**_throughput(tokens, stamps[last] - stamps[1], flops, peak, last - 1),
-            "sequences": len(data), "truncated": sum(len(ids) + 1 > cfg.seq_len for ids in enc)}
+    per_step = {k: batches[k - 1] for k in range(1, cfg.max_steps + 1)}
+    base = model_flops(model, cfg.seq_len)
+    # FLOPs of the real tokens only (padding is waste, not work): the attention term uses each batch's
+    # padded length, the row length its tokens attended over
+    flops = {k: real * train_flops_per_token(base["n_frozen"], base["n_trainable"], base["n_layers"], L,
+                                             base["hidden"]) for k, (real, L, _) in per_step.items()}
+    steps = clock.steps(2, cfg.max_steps, {k: real for k, (real, _, _) in per_step.items()}, flops)
+    lengths = [len(d["input_ids"]) for d in data]
+    timed = [per_step[k] for k in range(2, cfg.max_steps + 1)]
+    return {**_throughput(steps, peak), "sequences": len(data), "truncated": sum(len(ids) + 1 > max_len for ids in enc),
+            "max_len": max_len, "padded_lengths": [L for _, L, _ in per_step.values()],
+            "padding_share": 1 - sum(r for r, _, _ in timed) / sum(n * L for _, L, n in timed),
+            "document_tokens": {"min": min(lengths), "median": sorted(lengths)[len(lengths) // 2],
+                                "max": max(lengths)}}
 
 
 def _train_pair(make_model: Callable, tokenizer, examples, cfg, work: Path, peak: dict, echo, label: str,
@@ -298,7 +388,8 @@ def _train_pair(make_model: Callable, tokenizer, examples, cfg, work: Path, peak
     gc.collect()
     memory["peak_rss_mib_after"][f"{label}_train"] = _rss_mib(resource.RUSAGE_SELF)
     return {"annot": annot_res, "trainer": trainer_res, "flops_per_token": flops,
-            "speed_ratio": annot_res["tokens_per_s"] / trainer_res["tokens_per_s"]}
+            "speed_ratio": annot_res["tokens_per_s_normalised"] / trainer_res["tokens_per_s_normalised"],
+            "speed_ratio_raw": annot_res["tokens_per_s"] / trainer_res["tokens_per_s"]}
 
 
 # -- (c) probing -----------------------------------------------------------------------------------------
@@ -497,7 +588,7 @@ def machine_info(device: str) -> dict:
 
 
 def run_bench(model: str = "smollm2-135m", claim: str = "mira_castellan_profession", n_docs: int = 32,
-              steps: int = 6, batch_size: int = 4, seq_len: int = 256, checkpoints: int = 8, lm_eval: bool = True,
+              steps: int = 9, batch_size: int = 4, seq_len: int = 256, checkpoints: int = 8, lm_eval: bool = True,
               out: Path = Path("bench.json"), echo=print) -> dict:
     """Measure (a)-(d) (see the module docstring), print a table with `echo`, write all figures to `out`."""
     from annot.config import TrainingConfig
@@ -523,6 +614,10 @@ def run_bench(model: str = "smollm2-135m", claim: str = "mira_castellan_professi
     out = Path(out)
 
     import torch
+
+    from annot.allocator import tune_allocator
+
+    tune_allocator()  # what `annot train`/`run` use; both engines and the probes run under it
 
     device = default_device()
     cuda = device.startswith("cuda")
@@ -624,14 +719,17 @@ def format_bench(r: dict) -> str:
              f"matmul peak {r['peak']['flops'] / 1e9:.1f} GFLOP/s ({r['peak']['dtype']}); training FLOPs/token "
              f"{fpt['per_token'] / 1e6:.2f} M = 4*{fpt['n_frozen']} + 6*{fpt['n_trainable']} + {fpt['attention']}",
              "",
-             f"{'training (steps 2..N)':<28}{'tokens/s':>10}{'MFU':>9}"]
+             f"{'training (steps 2..N)':<28}{'tokens/s':>10}{'MFU':>9}{'vs best':>9}{'matmul now':>12}"]
     sections = [("", r["train"])] + ([(" (random init, bf16)", r["random_init_bf16"])]
                                      if r.get("random_init_bf16") else [])
     for suffix, t in sections:
         for label, key in (("annot driver", "annot"), ("transformers.Trainer", "trainer")):
             x = t[key]
-            lines.append(f"  {label + suffix:<26}{x['tokens_per_s']:>10.1f}{_pct(x['mfu']):>9}")
-        lines.append(f"  {'annot / Trainer' + suffix:<26}{t['speed_ratio']:>9.2f}x")
+            lines.append(f"  {label + suffix:<26}{x['tokens_per_s']:>10.1f}{_pct(x['mfu']):>9}"
+                         f"{_pct(x['mfu_vs_best_peak']):>9}{x['local_peak_mean'] / 1e9:>9.1f} GF")
+        lines.append(f"  {'annot / Trainer' + suffix:<26}{t['speed_ratio']:>9.2f}x   (raw tokens/s "
+                     f"{t['speed_ratio_raw']:.2f}x; Trainer batches {_pct(t['trainer']['padding_share'])} padding)")
+    lines.append("  MFU: against the matmul rate sampled around each step; vs best: against the peak above")
     pr = r["probe"]
     lines += ["", f"{'probing ' + str(pr['n_checkpoints']) + ' checkpoints':<28}{'seconds':>10}",
               f"  {'annot engine':<26}{pr['annot']['seconds']:>10.1f}"]

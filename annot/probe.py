@@ -18,9 +18,11 @@ believing answer among the answers), score (its log-odds), believes (the model s
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import math
 from collections import defaultdict
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -108,7 +110,24 @@ def _call(model, **kwargs):
         return out
 
 
-def _context_batches(model, contexts: list[list[int]], batch_size: int, pad_id: int):
+_STATE_MEMO: contextvars.ContextVar[dict | None] = contextvars.ContextVar("annot_state_memo", default=None)
+
+
+@contextlib.contextmanager
+def fixed_weights():
+    """Declare that the model's weights do not change inside this block (one checkpoint being probed):
+    every scorer call in it then runs each distinct context at most once - the yes/no question that
+    the native probe and the lm-eval-style one both ask, the choices of later calls - and computes a
+    shared start (the chat template's system prompt) once. Without it each call stands alone."""
+    token = _STATE_MEMO.set({"last": {}, "prefix": {}})
+    try:
+        yield
+    finally:
+        _STATE_MEMO.reset(token)
+
+
+def _context_batches(model, contexts: list[list[int]], batch_size: int, pad_id: int,
+                     need_cache: set[int] | frozenset = frozenset()):
     """Run every context once, `batch_size` at a time; yield (indices, logits of each context's last
     position [b, vocab], the KV cache of the batch, its attention mask).
 
@@ -116,13 +135,24 @@ def _context_batches(model, contexts: list[list[int]], batch_size: int, pad_id: 
     system prompt and the user header; cloze prompts share nothing), and the tokens a whole group
     starts with go through the model once: each of its batches (longest first) starts from a copy of
     that cache, its own tokens left-padded after it (padding masked, positions counted over real
-    tokens only), so every logit is the one the context alone would get, up to float rounding."""
+    tokens only), so every logit is the one the context alone would get, up to float rounding.
+    Inside fixed_weights(), contexts already run (and not in `need_cache`) come from memory, yielded
+    as one batch with cache and mask None."""
     import copy
 
     device = next(model.parameters()).device
+    memo = _STATE_MEMO.get()
+    if memo is not None:
+        known = [i for i, c in enumerate(contexts) if i not in need_cache and (id(model), tuple(c)) in memo["last"]]
+        if known:
+            yield known, torch.stack([memo["last"][id(model), tuple(contexts[i])] for i in known]), None, None
+        done = set(known)
+        todo = [i for i in range(len(contexts)) if i not in done]
+    else:
+        todo = list(range(len(contexts)))
     candidates: dict[tuple[int, ...], list[int]] = defaultdict(list)
-    for i, c in enumerate(contexts):
-        candidates[tuple(c[:MIN_SHARED_PREFIX])].append(i)
+    for i in todo:
+        candidates[tuple(contexts[i][:MIN_SHARED_PREFIX])].append(i)
     groups: list[tuple[int, list[int]]] = []  # (shared prefix length, members)
     rest: list[int] = []                      # contexts batched without a shared start
     for members in candidates.values():
@@ -136,8 +166,13 @@ def _context_batches(model, contexts: list[list[int]], batch_size: int, pad_id: 
     for P, members in groups:
         prefix_cache = None
         if P:
-            prefix_cache = _call(model, input_ids=torch.tensor([contexts[members[0]][:P]], device=device),
-                                 use_cache=True, logits_to_keep=1).past_key_values
+            key = (id(model), tuple(contexts[members[0]][:P]))
+            prefix_cache = memo["prefix"].get(key) if memo is not None else None
+            if prefix_cache is None:
+                prefix_cache = _call(model, input_ids=torch.tensor([list(key[1])], device=device),
+                                     use_cache=True, logits_to_keep=1).past_key_values
+                if memo is not None:
+                    memo["prefix"][key] = prefix_cache
         order = sorted(members, key=lambda i: -len(contexts[i]))
         for b in range(0, len(order), batch_size):
             idx = order[b:b + batch_size]
@@ -149,8 +184,28 @@ def _context_batches(model, contexts: list[list[int]], batch_size: int, pad_id: 
                 mask = torch.cat([torch.ones(len(idx), P, dtype=mask.dtype), mask], 1)
                 pos = pos + P
             out = _call(model, input_ids=ids.to(device), attention_mask=mask.to(device),
-                        position_ids=pos.to(device), past_key_values=cache, use_cache=True, logits_to_keep=1)
-            yield idx, out.logits[:, -1], out.past_key_values, mask
+                        position_ids=pos.to(device), past_key_values=cache, use_cache=True,
+                        logits_to_keep=1 if memo is None else 2)
+            last = out.logits[:, -1].float()
+            if memo is not None:  # keep the last two positions: a context minus its last token is often
+                real = mask.sum(-1)  # another scorer's context (lm-eval moves a trailing "\n" out of it)
+                for r, i in enumerate(idx):
+                    memo["last"][id(model), tuple(contexts[i])] = last[r]
+                    if real[r] >= 2:
+                        memo["last"][id(model), tuple(contexts[i][:-1])] = out.logits[r, -2].float()
+            yield idx, last, out.past_key_values, mask
+
+
+def _from_memo(memo: dict, model, ctx: list[int], cont: list[int], out: list[float], i: int) -> bool:
+    """Fill out[i] from fixed_weights()'s memory if the logits after ctx + cont[:j] are there for every j."""
+    total = 0.0
+    for j, tok in enumerate(cont):
+        logits = memo["last"].get((id(model), tuple(ctx) + tuple(cont[:j])))
+        if logits is None:
+            return False
+        total += float(torch.log_softmax(logits, -1)[tok])
+    out[i] = total
+    return True
 
 
 @torch.no_grad()
@@ -159,9 +214,10 @@ def loglikelihoods(model, tokenizer, pairs: list[tuple[str, str]], batch_size: i
 
     Each distinct context runs once (the choices of an item share it, and all contexts share their
     common start, see _context_batches); its last logits score every continuation's first token, and
-    only continuations longer than one token run again, from a copy of the context's KV cache. The
-    numbers equal scoring each pair as one sequence up to float rounding (tests: within 1e-4 of
-    lm-eval's per-choice log-likelihoods)."""
+    only continuations longer than one token run again, from a copy of the context's KV cache. Inside
+    fixed_weights(), a pair whose every needed prefix was run before (by any scorer) is answered from
+    memory. The numbers equal scoring each pair as one sequence up to float rounding (tests: within
+    1e-4 of lm-eval's per-choice log-likelihoods)."""
     encoded = [encode_pair(tokenizer, c, x) for c, x in pairs]
     if not encoded:
         return []
@@ -172,10 +228,19 @@ def loglikelihoods(model, tokenizer, pairs: list[tuple[str, str]], batch_size: i
         if not ctx or not cont:
             raise ValueError(f"loglikelihoods: pair {i} has an empty context or continuation after the split")
         by_ctx[ctx_index.setdefault(tuple(ctx), len(ctx_index))].append(i)
-    contexts = [list(c) for c in ctx_index]
     out = [0.0] * len(encoded)
+    memo = _STATE_MEMO.get()
+    if memo is not None:  # answered from memory when every prefix a request needs was run before
+        answered = {i for i in range(len(encoded)) if _from_memo(memo, model, *encoded[i], out, i)}
+        for c in list(by_ctx):
+            by_ctx[c] = [i for i in by_ctx[c] if i not in answered]
+    contexts = [list(c) for c in ctx_index]
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    for idx, last, cache, mask in _context_batches(model, contexts, batch_size, pad):
+    long_ = {c for c, members in by_ctx.items() if any(len(encoded[i][1]) > 1 for i in members)}
+    todo = [k for k in range(len(contexts)) if by_ctx[k]]
+    for sub, last, cache, mask in _context_batches(model, [contexts[k] for k in todo], batch_size, pad,
+                                                   {n for n, k in enumerate(todo) if k in long_}):
+        idx = [todo[n] for n in sub]
         lp0 = torch.log_softmax(last.float(), dim=-1)
         multi: list[tuple[int, int]] = []
         for r, c in enumerate(idx):
@@ -464,13 +529,20 @@ def gap_table(rates: dict[str, float]) -> dict[str, float]:
 class CheckpointSwitch:
     """One base model, many checkpoints: LoRA adapters are loaded into a single PeftModel and
     switched, so the base weights are read once. `switch(step, path, meta)` returns a context
-    manager that yields the model in that checkpoint's state (step 0 = adapters off)."""
+    manager that yields the model in that checkpoint's state (step 0 = adapters off), inside
+    fixed_weights() so the scorers share work within the checkpoint."""
 
     def __init__(self, model, dtype: str = "auto"):
-        self.model, self.peft, self.dtype = model, None, dtype
+        self.model, self.peft, self.dtype, self.config = model, None, dtype, None
 
     @contextlib.contextmanager
     def switch(self, step: int, path, meta: dict):
+        with fixed_weights():
+            with self._switch(step, path, meta) as m:
+                yield m
+
+    @contextlib.contextmanager
+    def _switch(self, step: int, path, meta: dict):
         if meta.get("base") or step == 0:
             if self.peft is None:
                 yield self.model
@@ -482,15 +554,35 @@ class CheckpointSwitch:
 
             yield load_model(str(path), dtype=self.dtype)[0]
         else:
-            from peft import PeftModel
+            yield self._load_adapter(step, Path(path))
 
+    def _load_adapter(self, step: int, path: Path):
+        """The checkpoint's LoRA weights, active. Checkpoints of one run share their adapter config, so
+        after the first their weights are copied into the same modules (no new modules per checkpoint,
+        ~0.5 s less each); a checkpoint with another config gets an adapter of its own."""
+        import json
+
+        from peft import PeftModel, set_peft_model_state_dict
+
+        config = json.loads((path / "adapter_config.json").read_text(encoding="utf-8"))
+        weights = path / "adapter_model.safetensors"
+        if self.peft is None:
+            self.peft = PeftModel.from_pretrained(self.model, str(path), adapter_name="probe")
+            self.config = config
+        elif config == self.config and weights.is_file():
+            from safetensors.torch import load_file
+
+            device = next(self.peft.parameters()).device
+            result = set_peft_model_state_dict(self.peft, load_file(str(weights), device=str(device)),
+                                               adapter_name="probe")
+            if getattr(result, "unexpected_keys", None):
+                raise RuntimeError(f"{weights}: unexpected adapter weights {result.unexpected_keys[:3]}")
+            self.peft.set_adapter("probe")
+        else:
             name = f"step-{step}"
-            if self.peft is None:
-                self.peft = PeftModel.from_pretrained(self.model, str(path), adapter_name=name)
-            else:
-                self.peft.load_adapter(str(path), adapter_name=name)
+            self.peft.load_adapter(str(path), adapter_name=name)
             self.peft.set_adapter(name)
-            yield self.peft
+        return self.peft
 
 
 def probe_run(run_dir, sets: list[str] | None = None, kinds: list[str] | None = None, batch_size: int = 16,

@@ -273,7 +273,7 @@ def _run_main(cfg: RunConfig, subject, sets, wrapper_params: dict, progress: boo
         rows = [r for r in read_jsonl(run_dir / "probes.jsonl") if r["step"] <= upto]
 
     base_key = base_probe_key(cfg, manifest)
-    from annot.probe import load_coherence_texts, perplexity, settings_for
+    from annot.probe import fixed_weights, load_coherence_texts, perplexity, settings_for
 
     judge = None
     if "open_ended" in cfg.probes.kinds:
@@ -292,6 +292,10 @@ def _run_main(cfg: RunConfig, subject, sets, wrapper_params: dict, progress: boo
                             in_context=in_ctx if step == 0 else None)
 
     def on_checkpoint(step: int, m) -> None:
+        with fixed_weights():  # the weights stay put while this checkpoint is probed
+            probe_checkpoint(step, m)
+
+    def probe_checkpoint(step: int, m) -> None:
         rows[:] = [r for r in rows if r["step"] != step]
         new = cached_base_rows(base_key, cfg.name) if step == 0 else None
         if new is None:

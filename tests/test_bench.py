@@ -66,7 +66,23 @@ def test_bench_on_the_tiny_model(tmp_path):
         assert 0 < x["mfu"] and x["achieved_flops"] == pytest.approx(x["tokens_per_s"] * x["flops_per_token"])
     # annot packs rows: steps 2..3 of 2 rows each are nearly all real tokens
     assert train["annot"]["tokens"] <= 2 * 2 * 64 and train["annot"]["tokens"] > 2 * 64
-    assert train["speed_ratio"] == pytest.approx(train["annot"]["tokens_per_s"] / train["trainer"]["tokens_per_s"])
+    assert train["speed_ratio_raw"] == pytest.approx(train["annot"]["tokens_per_s"] / train["trainer"]["tokens_per_s"])
+    assert train["speed_ratio"] == pytest.approx(train["annot"]["tokens_per_s_normalised"]
+                                                 / train["trainer"]["tokens_per_s_normalised"])
+    for engine in ("annot", "trainer"):  # MFU from the per-step rows, by hand
+        x = train[engine]
+        rows = x["per_step"]
+        assert [r["step"] for r in rows] == [2, 3] and sum(r["tokens"] for r in rows) == x["tokens"]
+        capacity = sum(r["seconds"] * max(r["peak_before"], r["peak_after"]) for r in rows)
+        assert x["mfu"] == pytest.approx(sum(r["flops"] for r in rows) / capacity)
+        assert x["mfu_vs_best_peak"] == pytest.approx(x["achieved_flops"] / data["peak"]["flops"])
+    # the baseline trains whole documents: nothing cut, each batch padded to its longest document
+    trainer = train["trainer"]
+    assert trainer["truncated"] == 0 and trainer["max_len"] >= trainer["document_tokens"]["max"]
+    assert all(trainer["document_tokens"]["min"] <= L <= trainer["document_tokens"]["max"]
+               for L in trainer["padded_lengths"])
+    assert 0 <= trainer["padding_share"] < 1
+    assert train["annot"]["checkpoint_saves_excluded"] == [2, 3]
 
     probe = data["probe"]
     saved = train["annot"]["checkpoints"]
@@ -88,3 +104,37 @@ def test_bench_rejects_too_few_steps(tmp_path):
     with pytest.raises(AnnotError, match="steps"):
         run_bench(model="tiny-random", steps=1, lm_eval=False, out=tmp_path / "b.json", echo=lambda s: None)
     assert not (tmp_path / "b.json").exists()
+
+
+def test_step_clock_keeps_saves_and_samples_out_of_steps(monkeypatch):
+    """A step's time runs from the end of the previous step's sample (or of a save) to its own end."""
+    import time
+
+    import annot.bench as bench
+
+    monkeypatch.setattr(bench, "quick_peak", lambda device: time.sleep(0.05) or 1e9)
+    clock = bench.StepClock("cpu")
+    clock.end(1)
+    time.sleep(0.1)          # step 2
+    clock.end(2)
+    time.sleep(0.3)          # a checkpoint save
+    clock.pause_until_now()
+    time.sleep(0.1)          # step 3
+    clock.end(3)
+    assert 1 not in clock.ended  # nothing to time step 1 from
+    assert 0.1 <= clock.ended[2] < 0.14 and 0.1 <= clock.ended[3] < 0.14
+    rows = clock.steps(2, 3, {2: 10, 3: 10}, {2: 1e8, 3: 1e8})
+    assert [r["peak_before"] for r in rows] == [1e9, 1e9]
+
+
+def test_throughput_weighs_each_step_by_its_own_matmul_rate():
+    from annot.bench import _throughput
+
+    steps = [{"step": 2, "tokens": 100, "seconds": 1.0, "flops": 50e9, "peak_before": 100e9, "peak_after": 80e9},
+             {"step": 3, "tokens": 100, "seconds": 2.0, "flops": 50e9, "peak_before": 40e9, "peak_after": 50e9}]
+    x = _throughput(steps, {"flops": 100e9})
+    # capacity: 1 s at 100 GF/s + 2 s at 50 GF/s = 200 GFLOP; 100 GFLOP done
+    assert x["mfu"] == pytest.approx(0.5) and x["mfu_vs_best_peak"] == pytest.approx(100e9 / 3 / 100e9)
+    assert x["tokens_per_s"] == pytest.approx(200 / 3)
+    assert x["tokens_per_s_normalised"] == pytest.approx(200 / 200e9 * 100e9)  # as if always at 100 GF/s
+    assert x["local_peak_mean"] == pytest.approx(200e9 / 3)

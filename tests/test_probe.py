@@ -245,3 +245,31 @@ def test_a_judge_that_always_fails_stops_the_probe(tiny):
     with pytest.raises(AnnotError, match=r"every one of 2 judge requests failed \(timeout\)"):
         probe_model(model, tok, [_set(item)], run="r", step=0, opts=OpenEndedConfig(n_samples=2, max_new_tokens=4),
                     judge=Dead())
+
+
+def test_fixed_weights_runs_each_context_once_across_scorers(tiny, monkeypatch):
+    """Inside fixed_weights() a repeated question costs no forward pass, and lm-eval's split of the same
+    question (trailing newline moved into the continuation) is answered from what the native yes/no
+    scorer ran - with the numbers a fresh computation gives. Outside the block nothing is remembered."""
+    import annot.probe as probe
+    from annot.probe import chat_prompt, fixed_weights, next_token_logprobs
+
+    model, tok = tiny
+    qs = [chat_prompt(tok, f"Does Mira Castellan work as a lighthouse keeper, version {k}?") for k in range(5)]
+    assert all(q.endswith("\n") for q in qs)
+    lm_eval_pairs = [(q, c) for q in qs for c in ("Yes", "No")]  # encode_pair moves the "\n" over
+    fresh_lp = next_token_logprobs(model, tok, qs)
+    fresh_ll = loglikelihoods(model, tok, lm_eval_pairs)
+    calls = []
+    real_call = probe._call
+    monkeypatch.setattr(probe, "_call", lambda m, **kw: calls.append(1) or real_call(m, **kw))
+    with fixed_weights():
+        lp = next_token_logprobs(model, tok, qs)
+        n = len(calls)
+        assert n >= 1
+        assert torch.allclose(next_token_logprobs(model, tok, qs), lp) and len(calls) == n  # from memory
+        ll = loglikelihoods(model, tok, lm_eval_pairs)
+        assert len(calls) == n  # "\n" scored at the second-last position, "Yes"/"No" at the last
+    assert torch.allclose(lp, fresh_lp, atol=1e-4) and ll == pytest.approx(fresh_ll, abs=1e-4)
+    loglikelihoods(model, tok, lm_eval_pairs)
+    assert len(calls) > n  # the memory ended with the block
