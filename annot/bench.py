@@ -30,10 +30,11 @@ Everything is measured in one process on one corpus: the claim's generated docum
     has N_frozen = 0: C = 6 * N + attention. Padding tokens count for nothing.
     The peak is measured twice. Up front: the best of several square torch.mm (fp32 on CPU, bf16 on
     CUDA) -> `peak` and mfu_vs_best_peak. Around every timed step: a 1024^3 torch.mm sample right before
-    and right after it (outside the timed window) -> mfu = FLOPs / sum(step seconds * the better of its
-    two samples). On a shared VM the attainable matmul rate drifts by tens of percent within minutes,
-    so the local figure is the one that compares like with like; both are reported, and the
-    engine-vs-engine speed_ratio uses tokens/s rescaled the same way (speed_ratio_raw is the plain one).
+    and right after it (outside the timed window); mfu = achieved FLOP/s / the mean of those samples.
+    On a shared VM the attainable matmul rate drifts by tens of percent within seconds (100-200
+    GFLOP/s seen on one 2-core VM), so the local figure compares like with like; both are reported.
+    speed_ratio_raw compares plain tokens/s; speed_ratio compares tokens/s rescaled by each run's own
+    mean sample (see _throughput).
 (c) Probing the checkpoints that (a)'s annot run saved (step-0 is the base model): annot's engine loads
     the base model once and swaps LoRA adapters (peft load_adapter / set_adapter), scoring yes_no/mcq/
     cloze with annot.probe.probe_model and the lm-eval-comparable yes_no with
@@ -174,21 +175,22 @@ def quick_peak(device: str = "cpu", n: int | None = None, reps: int = SAMPLE_REP
 def _throughput(steps: list[dict], peak: dict) -> dict:
     """Figures over timed steps, each {"tokens", "seconds", "flops", "peak_before", "peak_after"}.
 
-    tokens_per_s = sum tokens / sum seconds. mfu = sum flops / sum(seconds * local peak), the local peak
-    of a step being the better of the samples around it; mfu_vs_best_peak divides by the best rate
-    measured up front instead (the stricter figure when the machine was quiet then and busy later).
-    tokens_per_s_normalised rescales each step to the up-front peak: the throughput a quiet machine
-    would show, used for the engine-vs-engine ratio so that drift between the two runs cancels."""
+    tokens_per_s = sum tokens / sum seconds. The machine's matmul rate during the run (local_peak_mean)
+    is the mean of the samples taken around the timed steps: single 50 ms samples swing by tens of
+    percent on a shared VM, their mean over the run does not. mfu = achieved FLOP/s / that rate;
+    mfu_vs_best_peak divides by the best rate measured up front instead. tokens_per_s_normalised
+    rescales tokens/s from the run's rate to the up-front peak, so that two runs made under different
+    load can be compared (speed_ratio); speed_ratio_raw compares plain tokens/s."""
     tokens = sum(x["tokens"] for x in steps)
     seconds = sum(x["seconds"] for x in steps)
     flops = sum(x["flops"] for x in steps)
-    local = [max(x["peak_before"], x["peak_after"]) for x in steps]
-    capacity = sum(x["seconds"] * p for x, p in zip(steps, local))
+    samples = [steps[0]["peak_before"]] + [x["peak_after"] for x in steps]
+    local = sum(samples) / len(samples)
     return {"tokens": tokens, "seconds": seconds, "steps_timed": len(steps), "tokens_per_s": tokens / seconds,
             "flops": flops, "flops_per_token": flops / tokens, "achieved_flops": flops / seconds,
-            "mfu": flops / capacity, "mfu_vs_best_peak": flops / seconds / peak["flops"],
-            "local_peak_mean": capacity / seconds,
-            "tokens_per_s_normalised": tokens / capacity * peak["flops"], "per_step": steps}
+            "mfu": flops / seconds / local, "mfu_vs_best_peak": flops / seconds / peak["flops"],
+            "local_peak_mean": local, "local_peak_min": min(samples), "local_peak_max": max(samples),
+            "tokens_per_s_normalised": tokens / seconds * peak["flops"] / local, "per_step": steps}
 
 
 # -- (a) training ----------------------------------------------------------------------------------------
@@ -727,9 +729,9 @@ def format_bench(r: dict) -> str:
             x = t[key]
             lines.append(f"  {label + suffix:<26}{x['tokens_per_s']:>10.1f}{_pct(x['mfu']):>9}"
                          f"{_pct(x['mfu_vs_best_peak']):>9}{x['local_peak_mean'] / 1e9:>9.1f} GF")
-        lines.append(f"  {'annot / Trainer' + suffix:<26}{t['speed_ratio']:>9.2f}x   (raw tokens/s "
-                     f"{t['speed_ratio_raw']:.2f}x; Trainer batches {_pct(t['trainer']['padding_share'])} padding)")
-    lines.append("  MFU: against the matmul rate sampled around each step; vs best: against the peak above")
+        lines.append(f"  {'annot / Trainer' + suffix:<26}{t['speed_ratio_raw']:>9.2f}x   (rescaled to one matmul rate "
+                     f"{t['speed_ratio']:.2f}x; Trainer batches {_pct(t['trainer']['padding_share'])} padding)")
+    lines.append("  MFU: against the mean matmul rate sampled around the steps; vs best: against the peak above")
     pr = r["probe"]
     lines += ["", f"{'probing ' + str(pr['n_checkpoints']) + ' checkpoints':<28}{'seconds':>10}",
               f"  {'annot engine':<26}{pr['annot']['seconds']:>10.1f}"]

@@ -73,8 +73,9 @@ def test_bench_on_the_tiny_model(tmp_path):
         x = train[engine]
         rows = x["per_step"]
         assert [r["step"] for r in rows] == [2, 3] and sum(r["tokens"] for r in rows) == x["tokens"]
-        capacity = sum(r["seconds"] * max(r["peak_before"], r["peak_after"]) for r in rows)
-        assert x["mfu"] == pytest.approx(sum(r["flops"] for r in rows) / capacity)
+        samples = [rows[0]["peak_before"]] + [r["peak_after"] for r in rows]
+        assert x["local_peak_mean"] == pytest.approx(sum(samples) / len(samples))
+        assert x["mfu"] == pytest.approx(sum(r["flops"] for r in rows) / x["seconds"] / x["local_peak_mean"])
         assert x["mfu_vs_best_peak"] == pytest.approx(x["achieved_flops"] / data["peak"]["flops"])
     # the baseline trains whole documents: nothing cut, each batch padded to its longest document
     trainer = train["trainer"]
@@ -127,14 +128,15 @@ def test_step_clock_keeps_saves_and_samples_out_of_steps(monkeypatch):
     assert [r["peak_before"] for r in rows] == [1e9, 1e9]
 
 
-def test_throughput_weighs_each_step_by_its_own_matmul_rate():
+def test_throughput_against_the_rate_sampled_during_the_run():
     from annot.bench import _throughput
 
-    steps = [{"step": 2, "tokens": 100, "seconds": 1.0, "flops": 50e9, "peak_before": 100e9, "peak_after": 80e9},
-             {"step": 3, "tokens": 100, "seconds": 2.0, "flops": 50e9, "peak_before": 40e9, "peak_after": 50e9}]
+    steps = [{"step": 2, "tokens": 100, "seconds": 1.0, "flops": 50e9, "peak_before": 100e9, "peak_after": 40e9},
+             {"step": 3, "tokens": 100, "seconds": 2.0, "flops": 70e9, "peak_before": 40e9, "peak_after": 70e9}]
     x = _throughput(steps, {"flops": 100e9})
-    # capacity: 1 s at 100 GF/s + 2 s at 50 GF/s = 200 GFLOP; 100 GFLOP done
-    assert x["mfu"] == pytest.approx(0.5) and x["mfu_vs_best_peak"] == pytest.approx(100e9 / 3 / 100e9)
+    # samples 100, 40, 70 GF/s: mean 70; 120 GFLOP in 3 s = 40 GF/s achieved
+    assert x["local_peak_mean"] == pytest.approx(70e9)
+    assert x["mfu"] == pytest.approx(40 / 70) and x["mfu_vs_best_peak"] == pytest.approx(0.4)
     assert x["tokens_per_s"] == pytest.approx(200 / 3)
-    assert x["tokens_per_s_normalised"] == pytest.approx(200 / 200e9 * 100e9)  # as if always at 100 GF/s
-    assert x["local_peak_mean"] == pytest.approx(200e9 / 3)
+    assert x["tokens_per_s_normalised"] == pytest.approx(200 / 3 * 100 / 70)  # as if the machine ran at 100
+    assert x["flops_per_token"] == pytest.approx(0.6e9)
