@@ -235,3 +235,45 @@ def test_distill_writes_the_models_own_answers(tmp_path):
     assert read_jsonl(out) == rows and len(rows) == 3
     assert all(r["messages"][0]["role"] == "user" and r["messages"][1]["role"] == "assistant" for r in rows)
     assert rows == distill("tiny-random", tmp_path / "again.jsonl", limit=3, max_new_tokens=4)  # greedy
+
+
+def test_fused_lora_forward_matches_peft(tiny):
+    """The fused W x + s B A x gives peft's outputs and gradients (with trained, non-zero B), and
+    switching the adapter off still gives the base model."""
+    import copy
+
+    from annot.config import TrainingConfig
+    from annot.train import prepare_model
+
+    model, _ = tiny
+    torch.manual_seed(0)
+    ids = torch.randint(0, 1000, (2, 12))
+    base = copy.deepcopy(model)
+    with torch.no_grad():
+        base_logits = base(input_ids=ids).logits
+    outs = {}
+    for fused in ("1", "0"):
+        import os
+
+        os.environ["ANNOT_FUSED_LORA"] = fused
+        torch.manual_seed(0)  # the same A init for both
+        try:
+            m = prepare_model(copy.deepcopy(model), TrainingConfig(lora_r=4, lora_alpha=8, lora_dropout=0.0))
+        finally:
+            os.environ.pop("ANNOT_FUSED_LORA")
+        patched = [mod for mod in m.modules() if "forward" in vars(mod)]
+        assert (len(patched) > 0) == (fused == "1")
+        torch.manual_seed(1)
+        for name, p in m.named_parameters():
+            if "lora_B" in name:
+                p.data.normal_(0, 0.02)  # B starts at zero, which would hide the adapter's term
+        logits = m(input_ids=ids).logits
+        logits.square().mean().backward()
+        grads = {n: p.grad.clone() for n, p in m.named_parameters() if p.requires_grad}
+        with m.disable_adapter(), torch.no_grad():
+            off = m(input_ids=ids).logits
+        outs[fused] = (logits.detach(), grads, off)
+    (a, ga, offa), (b, gb, offb) = outs["1"], outs["0"]
+    assert torch.allclose(a, b, atol=1e-5) and not torch.allclose(a, base_logits, atol=1e-3)
+    assert ga.keys() == gb.keys() and all(torch.allclose(ga[k], gb[k], atol=1e-6) for k in ga)
+    assert torch.allclose(offa, base_logits, atol=1e-6) and torch.allclose(offb, base_logits, atol=1e-6)
