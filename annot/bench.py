@@ -379,6 +379,7 @@ def _train_pair(make_model: Callable, tokenizer, examples, cfg, work: Path, peak
     annot_res, flops = time_annot_train(make_model(), tokenizer, examples, cfg, work / f"{label}-annot", peak)
     if cuda:
         memory["cuda_max_allocated_mib"][f"{label}_annot_train"] = torch.cuda.max_memory_allocated() / 2 ** 20
+    memory["peak_rss_mib_after"][f"{label}_annot_train"] = _rss_mib(resource.RUSAGE_SELF)
     gc.collect()
     echo(f"{label}: training {cfg.max_steps} steps with transformers.Trainer ...")
     if cuda:
@@ -388,7 +389,7 @@ def _train_pair(make_model: Callable, tokenizer, examples, cfg, work: Path, peak
     if cuda:
         memory["cuda_max_allocated_mib"][f"{label}_trainer"] = torch.cuda.max_memory_allocated() / 2 ** 20
     gc.collect()
-    memory["peak_rss_mib_after"][f"{label}_train"] = _rss_mib(resource.RUSAGE_SELF)
+    memory["peak_rss_mib_after"][f"{label}_trainer_train"] = _rss_mib(resource.RUSAGE_SELF)
     return {"annot": annot_res, "trainer": trainer_res, "flops_per_token": flops,
             "speed_ratio": annot_res["tokens_per_s_normalised"] / trainer_res["tokens_per_s_normalised"],
             "speed_ratio_raw": annot_res["tokens_per_s"] / trainer_res["tokens_per_s"]}
@@ -749,6 +750,9 @@ def format_bench(r: dict) -> str:
         lines.append(f"{step:>6}" + "".join(f"{accs.get(k, float('nan')):>10.3f}" for k in KINDS))
     mem = r["memory"]
     line = f"memory: peak RSS {mem['peak_rss_mib']:.0f} MiB"
+    after_annot = mem.get("peak_rss_mib_after", {}).get("pretrained_annot_train")
+    if after_annot is not None:
+        line += f" (after annot's training {after_annot:.0f} MiB, before the Trainer's)"
     if mem.get("lm_eval_peak_rss_mib") is not None:
         line += f", lm-eval run {mem['lm_eval_peak_rss_mib']:.0f} MiB"
     if mem.get("cuda_max_allocated_mib"):

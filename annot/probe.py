@@ -569,6 +569,9 @@ class CheckpointSwitch:
         if self.peft is None:
             self.peft = PeftModel.from_pretrained(self.model, str(path), adapter_name="probe")
             self.config = config
+            from annot.train import fuse_lora_forward
+
+            fuse_lora_forward(self.peft)
         elif config == self.config and weights.is_file():
             from safetensors.torch import load_file
 
