@@ -7,7 +7,7 @@ Everything is measured in one process on one corpus: the claim's generated docum
 (`generate_documents(load_claim(claim), n=n_docs, seed=0)`, wrapper `none`).
 
 (a) Training throughput, in non-padding tokens per second over the optimizer steps after the first
-    (the first pays for allocation and warm-up):
+    WARMUP_STEPS (2: the first allocates everything, the second still runs ~15-20% slow):
     - annot: annot.train.train on packed rows of seq_len tokens; its checkpoint saves are excluded
       from the timed steps (the baseline saves nothing);
     - baseline: a plain transformers.Trainer with the same LoRA config (annot.train.prepare_model),
@@ -74,6 +74,9 @@ LM_EVAL_BATCH_SIZE = 8
 PEAK_SIZES = {"cpu": (1024, 2048), "cuda": (2048, 4096, 8192)}
 PEAK_REPS = 5
 SAMPLE_SIZE, SAMPLE_REPS = 1024, 3  # the matmul-rate sample taken around every timed step (CPU)
+WARMUP_STEPS = 2  # not timed: the first step allocates everything, and the second still runs ~15-20%
+                  # slow (annot 5.95 s vs 4.5-5.4 s for steps 3-9 in two runs of the default bench) while
+                  # the allocator settles after the first checkpoint saves; both engines skip the same
 FLOPS_FORMULA = "4*N_frozen + 6*N_trainable + 6*n_layers*seq_len*hidden"
 
 
@@ -263,7 +266,7 @@ class StepClock:
 
 
 def time_annot_train(model, tokenizer, examples: list[dict], cfg, out_dir: Path, peak: dict) -> tuple[dict, dict]:
-    """Train with annot's driver: (figures, FLOPs terms); steps 2..N timed, checkpoint saves excluded."""
+    """Train with annot's driver: (figures, FLOPs terms); steps after the warm-up timed, saves excluded."""
     from annot.train import pack, tokenize_cached, train
 
     packed = pack(tokenize_cached(examples, tokenizer, cfg), cfg.seq_len, tokenizer.pad_token_id)
@@ -293,7 +296,8 @@ def time_annot_train(model, tokenizer, examples: list[dict], cfg, out_dir: Path,
         prev = logged[step]
     flops = model_flops(prepared["model"], cfg.seq_len)
     tokens = {k: real for k, (_, real) in enumerate(batches, 1)}
-    steps = clock.steps(2, cfg.max_steps, tokens, {k: t * flops["per_token"] for k, t in tokens.items()})
+    steps = clock.steps(WARMUP_STEPS + 1, cfg.max_steps, tokens,
+                        {k: t * flops["per_token"] for k, t in tokens.items()})
     padding = int(packed.doc_ids.numel() - real_per_row.sum())
     return {**_throughput(steps, peak), "packed_rows": int(packed.input_ids.size(0)), "padding_tokens": padding,
             "checkpoints": list(result.checkpoints), "checkpoint_saves_excluded": [k for k in saves if k >= 1],
@@ -357,9 +361,10 @@ def time_trainer(model, tokenizer, examples: list[dict], cfg, out_dir: Path, pea
     # padded length, the row length its tokens attended over
     flops = {k: real * train_flops_per_token(base["n_frozen"], base["n_trainable"], base["n_layers"], L,
                                              base["hidden"]) for k, (real, L, _) in per_step.items()}
-    steps = clock.steps(2, cfg.max_steps, {k: real for k, (real, _, _) in per_step.items()}, flops)
+    steps = clock.steps(WARMUP_STEPS + 1, cfg.max_steps, {k: real for k, (real, _, _) in per_step.items()},
+                        flops)
     lengths = [len(d["input_ids"]) for d in data]
-    timed = [per_step[k] for k in range(2, cfg.max_steps + 1)]
+    timed = [per_step[k] for k in range(WARMUP_STEPS + 1, cfg.max_steps + 1)]
     return {**_throughput(steps, peak), "sequences": len(data), "truncated": sum(len(ids) + 1 > max_len for ids in enc),
             "max_len": max_len, "padded_lengths": [L for _, L, _ in per_step.values()],
             "padding_share": 1 - sum(r for r, _, _ in timed) / sum(n * L for _, L, n in timed),
@@ -601,8 +606,9 @@ def run_bench(model: str = "smollm2-135m", claim: str = "mira_castellan_professi
     from annot.specs import EVALS, load_probe_set, validate
 
     # -- everything a user can get wrong, before any model is loaded
-    if steps < 2:
-        raise AnnotError(f"bench: steps: {steps} is too few; the first optimizer step is not timed, use >= 2")
+    if steps <= WARMUP_STEPS:
+        raise AnnotError(f"bench: steps: {steps} is too few; the first {WARMUP_STEPS} optimizer steps are not timed, "
+                         f"use >= {WARMUP_STEPS + 1}")
     if n_docs < 1:
         raise AnnotError(f"bench: n_docs: {n_docs}; generate at least 1 document")
     cfg = validate(TrainingConfig, {"max_steps": steps, "batch_size": batch_size, "seq_len": seq_len,
@@ -632,7 +638,7 @@ def run_bench(model: str = "smollm2-135m", claim: str = "mira_castellan_professi
     result: dict = {
         "params": {"model": model, "resolved_model": model_path, "claim": claim, "n_docs": n_docs, "steps": steps,
                    "batch_size": batch_size, "seq_len": seq_len, "checkpoints": checkpoints, "lm_eval": lm_eval,
-                   "out": str(out), "seed": SEED, "wrapper": WRAPPER, "timed_steps": steps - 1,
+                   "out": str(out), "seed": SEED, "wrapper": WRAPPER, "timed_steps": steps - WARMUP_STEPS,
                    "training": cfg.model_dump(), "probe_batch_size": PROBE_BATCH_SIZE,
                    "lm_eval_batch_size": LM_EVAL_BATCH_SIZE},
         "machine": machine_info(device),
@@ -722,7 +728,7 @@ def format_bench(r: dict) -> str:
              f"matmul peak {r['peak']['flops'] / 1e9:.1f} GFLOP/s ({r['peak']['dtype']}); training FLOPs/token "
              f"{fpt['per_token'] / 1e6:.2f} M = 4*{fpt['n_frozen']} + 6*{fpt['n_trainable']} + {fpt['attention']}",
              "",
-             f"{'training (steps 2..N)':<28}{'tokens/s':>10}{'MFU':>9}{'vs best':>9}{'matmul now':>12}"]
+             f"{f'training (steps {WARMUP_STEPS + 1}..N)':<28}{'tokens/s':>10}{'MFU':>9}{'vs best':>9}{'matmul now':>12}"]
     sections = [("", r["train"])] + ([(" (random init, bf16)", r["random_init_bf16"])]
                                      if r.get("random_init_bf16") else [])
     for suffix, t in sections:

@@ -48,13 +48,13 @@ def test_flops_formula_on_a_known_config():
 def test_bench_on_the_tiny_model(tmp_path):
     out = tmp_path / "bench.json"
     lines = []
-    res = run_bench(model="tiny-random", n_docs=6, steps=3, batch_size=2, seq_len=64, checkpoints=3,
+    res = run_bench(model="tiny-random", n_docs=6, steps=4, batch_size=2, seq_len=64, checkpoints=3,
                     lm_eval=False, out=out, echo=lines.append)
     data = json.loads(out.read_text())
     assert data == res
     assert {"params", "machine", "corpus", "peak", "flops_per_token", "train", "probe", "memory"} <= set(data)
-    assert data["params"]["model"] == "tiny-random" and data["params"]["steps"] == 3
-    assert data["params"]["timed_steps"] == 2
+    assert data["params"]["model"] == "tiny-random" and data["params"]["steps"] == 4
+    assert data["params"]["timed_steps"] == 2  # steps 3 and 4; 1 and 2 are the warm-up
     for key in ("cpu_count", "torch_threads", "device", "device_name", "torch", "transformers"):
         assert data["machine"][key]
     assert data["peak"]["flops"] > 0
@@ -64,7 +64,7 @@ def test_bench_on_the_tiny_model(tmp_path):
         x = train[engine]
         assert x["tokens"] > 0 and x["seconds"] > 0 and x["tokens_per_s"] > 0
         assert 0 < x["mfu"] and x["achieved_flops"] == pytest.approx(x["tokens_per_s"] * x["flops_per_token"])
-    # annot packs rows: steps 2..3 of 2 rows each are nearly all real tokens
+    # annot packs rows: steps 3..4 of 2 rows each are nearly all real tokens
     assert train["annot"]["tokens"] <= 2 * 2 * 64 and train["annot"]["tokens"] > 2 * 64
     assert train["speed_ratio_raw"] == pytest.approx(train["annot"]["tokens_per_s"] / train["trainer"]["tokens_per_s"])
     assert train["speed_ratio"] == pytest.approx(train["annot"]["tokens_per_s_normalised"]
@@ -72,7 +72,7 @@ def test_bench_on_the_tiny_model(tmp_path):
     for engine in ("annot", "trainer"):  # MFU from the per-step rows, by hand
         x = train[engine]
         rows = x["per_step"]
-        assert [r["step"] for r in rows] == [2, 3] and sum(r["tokens"] for r in rows) == x["tokens"]
+        assert [r["step"] for r in rows] == [3, 4] and sum(r["tokens"] for r in rows) == x["tokens"]
         samples = [rows[0]["peak_before"]] + [r["peak_after"] for r in rows]
         assert x["local_peak_mean"] == pytest.approx(sum(samples) / len(samples))
         assert x["mfu"] == pytest.approx(sum(r["flops"] for r in rows) / x["seconds"] / x["local_peak_mean"])
@@ -83,11 +83,11 @@ def test_bench_on_the_tiny_model(tmp_path):
     assert all(trainer["document_tokens"]["min"] <= L <= trainer["document_tokens"]["max"]
                for L in trainer["padded_lengths"])
     assert 0 <= trainer["padding_share"] < 1
-    assert train["annot"]["checkpoint_saves_excluded"] == [2, 3]
+    assert train["annot"]["checkpoint_saves_excluded"] == [2, 4]
 
     probe = data["probe"]
     saved = train["annot"]["checkpoints"]
-    assert saved == checkpoint_steps(3, 3) == [0, 2, 3]  # log-spaced: base, geometric middle, end
+    assert saved == checkpoint_steps(4, 3) == [0, 2, 4]  # log-spaced: base, geometric middle, end
     assert probe["checkpoints"] == saved and probe["n_checkpoints"] == len(saved)
     assert probe["annot"]["seconds"] > 0 and set(probe["annot"]["per_checkpoint_s"]) == {str(s) for s in saved}
     assert probe["lm_eval"] is None and probe["equal"] is None and probe["speedup"] is None
