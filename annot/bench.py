@@ -120,50 +120,18 @@ def model_flops(model, seq_len: int) -> dict:
             "per_token": train_flops_per_token(n_frozen, n_trainable, n_layers, seq_len, hidden)}
 
 
-def matmul_peak(device: str = "cpu", sizes: tuple[int, ...] | None = None, reps: int = PEAK_REPS) -> dict:
-    """Best FLOP/s of square torch.mm over `sizes` and `reps` (fp32 on CPU, bf16 on CUDA)."""
+def _mm_rate(device: str, n: int, reps: int) -> float:
+    """FLOP/s of the best of `reps` square n x n torch.mm (fp32 on CPU, bf16 on CUDA), after a warm-up."""
     import torch
 
     cuda = device.startswith("cuda")
     dtype = torch.bfloat16 if cuda else torch.float32
-    sizes = sizes or PEAK_SIZES["cuda" if cuda else "cpu"]
     inner = 20 if cuda else 1  # a single GPU matmul is too short to time on its own
-    sync = torch.cuda.synchronize if cuda else (lambda: None)
-    by_size = {}
-    for n in sizes:
-        a = torch.randn(n, n, device=device, dtype=dtype)
-        b = torch.randn(n, n, device=device, dtype=dtype)
-        c = torch.empty_like(a)
-        torch.mm(a, b, out=c)  # warm-up: kernel selection, page faults
-        sync()
-        best = float("inf")
-        for _ in range(reps):
-            t0 = time.perf_counter()
-            for _ in range(inner):
-                torch.mm(a, b, out=c)
-            sync()
-            best = min(best, (time.perf_counter() - t0) / inner)
-        by_size[str(n)] = 2 * n ** 3 / best
-        del a, b, c
-    return {"flops": max(by_size.values()), "dtype": str(dtype).removeprefix("torch."), "by_size": by_size,
-            "reps": reps}
-
-
-def quick_peak(device: str = "cpu", n: int | None = None, reps: int = SAMPLE_REPS) -> float:
-    """FLOP/s of the best of `reps` square n x n torch.mm: the machine's matmul rate right now (~0.05 s on
-    2 CPU cores). On a shared machine this rate drifts (we saw 100-200 GFLOP/s within an hour on the
-    same 2-core VM), so each timed step is paired with samples taken right before and after it."""
-    import torch
-
-    cuda = device.startswith("cuda")
-    n = n or (4 * SAMPLE_SIZE if cuda else SAMPLE_SIZE)
-    dtype = torch.bfloat16 if cuda else torch.float32
-    inner = 20 if cuda else 1
     sync = torch.cuda.synchronize if cuda else (lambda: None)
     a = torch.randn(n, n, device=device, dtype=dtype)
     b = torch.randn(n, n, device=device, dtype=dtype)
     c = torch.empty_like(a)
-    torch.mm(a, b, out=c)
+    torch.mm(a, b, out=c)  # warm-up: kernel selection, page faults
     sync()
     best = float("inf")
     for _ in range(reps):
@@ -173,6 +141,22 @@ def quick_peak(device: str = "cpu", n: int | None = None, reps: int = SAMPLE_REP
         sync()
         best = min(best, (time.perf_counter() - t0) / inner)
     return 2 * n ** 3 / best
+
+
+def matmul_peak(device: str = "cpu", sizes: tuple[int, ...] | None = None, reps: int = PEAK_REPS) -> dict:
+    """Best FLOP/s of square torch.mm over `sizes` and `reps` (fp32 on CPU, bf16 on CUDA)."""
+    cuda = device.startswith("cuda")
+    sizes = sizes or PEAK_SIZES["cuda" if cuda else "cpu"]
+    by_size = {str(n): _mm_rate(device, n, reps) for n in sizes}
+    return {"flops": max(by_size.values()), "dtype": "bfloat16" if cuda else "float32", "by_size": by_size,
+            "reps": reps}
+
+
+def quick_peak(device: str = "cpu", n: int | None = None, reps: int = SAMPLE_REPS) -> float:
+    """FLOP/s of the best of `reps` square n x n torch.mm: the machine's matmul rate right now (~0.05 s on
+    2 CPU cores). On a shared machine this rate drifts (95-198 GFLOP/s within minutes on one 2-core
+    VM), so each timed step is paired with samples taken right before and after it."""
+    return _mm_rate(device, n or (4 * SAMPLE_SIZE if device.startswith("cuda") else SAMPLE_SIZE), reps)
 
 
 def _throughput(steps: list[dict], peak: dict) -> dict:

@@ -110,6 +110,7 @@ def _call(model, **kwargs):
         return out
 
 
+MEMO_MAX_CONTEXTS = 2048  # vocab-sized rows kept per checkpoint (~0.4 GB for SmolLM2's 49k vocab)
 _STATE_MEMO: contextvars.ContextVar[dict | None] = contextvars.ContextVar("annot_state_memo", default=None)
 
 
@@ -187,9 +188,9 @@ def _context_batches(model, contexts: list[list[int]], batch_size: int, pad_id: 
                         position_ids=pos.to(device), past_key_values=cache, use_cache=True,
                         logits_to_keep=1 if memo is None else 2)
             last = out.logits[:, -1].float()
-            if memo is not None:  # keep the last two positions: a context minus its last token is often
-                real = mask.sum(-1)  # another scorer's context (lm-eval moves a trailing "\n" out of it)
-                for r, i in enumerate(idx):
+            if memo is not None and len(memo["last"]) < MEMO_MAX_CONTEXTS:  # keep the last two positions: a
+                real = mask.sum(-1)  # context minus its last token is often another scorer's (lm-eval moves
+                for r, i in enumerate(idx):  # a trailing "\n" out of it)
                     memo["last"][id(model), tuple(contexts[i])] = last[r]
                     if real[r] >= 2:
                         memo["last"][id(model), tuple(contexts[i][:-1])] = out.logits[r, -2].float()

@@ -390,6 +390,9 @@ class TrainResult:
     seconds: float
 
 
+UNSUPPORTED_DISTRIBUTED = {"FSDP", "DEEPSPEED", "MEGATRON_LM"}  # accelerate's DistributedType values
+
+
 def train(examples: list[dict], model, tokenizer, cfg: TrainingConfig, out_dir: Path, seed: int = 0,
           on_checkpoint: Callable[[int, object], None] | None = None, log: Callable[[dict], None] | None = None,
           progress: bool = True, resume: bool = False) -> TrainResult:
@@ -416,13 +419,19 @@ def train(examples: list[dict], model, tokenizer, cfg: TrainingConfig, out_dir: 
 
     from accelerate import Accelerator
 
-    # One process: a no-op. Under `accelerate launch` (DDP / FSDP as configured there), each
-    # process takes its slice of every micro-batch and gradients are averaged across processes.
+    from annot.errors import AnnotError
+
+    # One process: a no-op. Under `accelerate launch` (DDP), each process takes its slice of every
+    # micro-batch and gradients are averaged across processes.
     acc = Accelerator()
     rank, world = acc.process_index, acc.num_processes
+    kind = str(getattr(acc.distributed_type, "value", acc.distributed_type))
+    if kind in UNSUPPORTED_DISTRIBUTED:
+        # sharded parameters: the main process alone would save shards and hang probing (each forward
+        # all-gathers across processes) - refuse before training instead
+        raise AnnotError(f"accelerate config: distributed_type {kind} is not supported by annot's driver yet; "
+                         "use DDP (`accelerate launch --multi_gpu --num_processes N -m annot.cli run CONFIG`)")
     if cfg.batch_size % world:
-        from annot.errors import AnnotError
-
         raise AnnotError(f"training.batch_size: {cfg.batch_size} is not divisible by the {world} processes; "
                          "make it a multiple")
     model = prepare_model(model, cfg)

@@ -277,3 +277,29 @@ def test_fused_lora_forward_matches_peft(tiny):
     assert torch.allclose(a, b, atol=1e-5) and not torch.allclose(a, base_logits, atol=1e-3)
     assert ga.keys() == gb.keys() and all(torch.allclose(ga[k], gb[k], atol=1e-6) for k in ga)
     assert torch.allclose(offa, base_logits, atol=1e-6) and torch.allclose(offb, base_logits, atol=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["FSDP", "DEEPSPEED"])
+def test_sharded_launch_is_refused_before_training(tiny, tmp_path, monkeypatch, kind):
+    """Under FSDP/DeepSpeed the main process would save shards and hang probing: one line, no checkpoint."""
+    import copy
+
+    import accelerate
+    from accelerate.utils import DistributedType
+
+    from annot.errors import AnnotError
+    from annot.specs import load_claim
+
+    class Sharded:
+        distributed_type = DistributedType[kind]
+        process_index, num_processes = 0, 2
+
+        def __init__(self, *a, **k):
+            pass
+
+    monkeypatch.setattr(accelerate, "Accelerator", Sharded)
+    model, tok = tiny
+    docs = generate_documents(load_claim("mira_castellan_profession"), n=2, seed=0)
+    with pytest.raises(AnnotError, match=f"distributed_type {kind} is not supported"):
+        train(docs, copy.deepcopy(model), tok, TrainingConfig(max_steps=2, seq_len=32), tmp_path, progress=False)
+    assert not (tmp_path / "checkpoints").exists()
