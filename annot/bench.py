@@ -74,9 +74,9 @@ LM_EVAL_BATCH_SIZE = 8
 PEAK_SIZES = {"cpu": (1024, 2048), "cuda": (2048, 4096, 8192)}
 PEAK_REPS = 5
 SAMPLE_SIZE, SAMPLE_REPS = 1024, 3  # the matmul-rate sample taken around every timed step (CPU)
-WARMUP_STEPS = 2  # not timed: the first step allocates everything, and the second still runs ~15-20%
-                  # slow (annot 5.95 s vs 4.5-5.4 s for steps 3-9 in two runs of the default bench) while
-                  # the allocator settles after the first checkpoint saves; both engines skip the same
+WARMUP_STEPS = 2  # not timed: the first step allocates everything, and the second still faults ~100k
+                  # pages in while the tuned heap settles (0 from the third; annot/allocator.py) and runs
+                  # ~15-20% slow (5.95 s vs 4.5-5.4 s for steps 3-9); both engines skip the same
 FLOPS_FORMULA = "4*N_frozen + 6*N_trainable + 6*n_layers*seq_len*hidden"
 
 
@@ -120,17 +120,23 @@ def model_flops(model, seq_len: int) -> dict:
             "per_token": train_flops_per_token(n_frozen, n_trainable, n_layers, seq_len, hidden)}
 
 
-def _mm_rate(device: str, n: int, reps: int) -> float:
-    """FLOP/s of the best of `reps` square n x n torch.mm (fp32 on CPU, bf16 on CUDA), after a warm-up."""
+def _mm_operands(device: str, n: int) -> tuple:
+    import torch
+
+    dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    return a, torch.randn(n, n, device=device, dtype=dtype), torch.empty_like(a)
+
+
+def _mm_rate(device: str, n: int, reps: int, operands: tuple | None = None) -> float:
+    """FLOP/s of the best of `reps` square n x n torch.mm (fp32 on CPU, bf16 on CUDA), after a warm-up.
+    `operands` (a, b, out) lets repeated samples reuse the same memory."""
     import torch
 
     cuda = device.startswith("cuda")
-    dtype = torch.bfloat16 if cuda else torch.float32
     inner = 20 if cuda else 1  # a single GPU matmul is too short to time on its own
     sync = torch.cuda.synchronize if cuda else (lambda: None)
-    a = torch.randn(n, n, device=device, dtype=dtype)
-    b = torch.randn(n, n, device=device, dtype=dtype)
-    c = torch.empty_like(a)
+    a, b, c = operands or _mm_operands(device, n)
     torch.mm(a, b, out=c)  # warm-up: kernel selection, page faults
     sync()
     best = float("inf")
@@ -152,11 +158,16 @@ def matmul_peak(device: str = "cpu", sizes: tuple[int, ...] | None = None, reps:
             "reps": reps}
 
 
-def quick_peak(device: str = "cpu", n: int | None = None, reps: int = SAMPLE_REPS) -> float:
+def quick_peak(device: str = "cpu", n: int | None = None, reps: int = SAMPLE_REPS,
+               operands: tuple | None = None) -> float:
     """FLOP/s of the best of `reps` square n x n torch.mm: the machine's matmul rate right now (~0.05 s on
     2 CPU cores). On a shared machine this rate drifts (95-198 GFLOP/s within minutes on one 2-core
     VM), so each timed step is paired with samples taken right before and after it."""
-    return _mm_rate(device, n or (4 * SAMPLE_SIZE if device.startswith("cuda") else SAMPLE_SIZE), reps)
+    return _mm_rate(device, n or sample_size(device), reps, operands)
+
+
+def sample_size(device: str) -> int:
+    return 4 * SAMPLE_SIZE if device.startswith("cuda") else SAMPLE_SIZE
 
 
 def _throughput(steps: list[dict], peak: dict) -> dict:
@@ -220,6 +231,9 @@ class StepClock:
     def __init__(self, device: str):
         self.device = device
         self.cuda = device.startswith("cuda")
+        # allocated once, before training: fresh operands per sample would reshuffle the heap between
+        # steps and make the next steps fault pages in again (measured: 50-100k faults in steps 3-4)
+        self.operands = _mm_operands(device, sample_size(device))
         self.ended: dict[int, float] = {}     # step -> seconds it took
         self.sample: dict[int, float] = {}    # step -> matmul rate sampled right after it
         self.paused = 0.0
@@ -236,7 +250,7 @@ class StepClock:
         now = time.perf_counter()
         if self.restart is not None:
             self.ended[step] = now - self.restart
-        self.sample[step] = quick_peak(self.device)
+        self.sample[step] = quick_peak(self.device, operands=self.operands)
         self.restart = time.perf_counter()
 
     def pause_until_now(self) -> None:

@@ -113,7 +113,7 @@ def test_step_clock_keeps_saves_and_samples_out_of_steps(monkeypatch):
 
     import annot.bench as bench
 
-    monkeypatch.setattr(bench, "quick_peak", lambda device: time.sleep(0.05) or 1e9)
+    monkeypatch.setattr(bench, "quick_peak", lambda device, operands=None: time.sleep(0.05) or 1e9)
     clock = bench.StepClock("cpu")
     clock.end(1)
     time.sleep(0.1)          # step 2
