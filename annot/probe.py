@@ -73,18 +73,6 @@ def _left_padded(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torc
     return ids, mask, (mask.cumsum(-1) - 1).clamp(min=0)
 
 
-def _tail_logits(model, ids, mask, pos, keep: int) -> torch.Tensor:
-    """Logits of the last `keep` positions only: the LM head over every prompt position would cost
-    more than the rest of a small model (SmolLM2: 49k x 576 head vs 30 thin layers)."""
-    device = next(model.parameters()).device
-    kwargs = dict(input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=pos.to(device),
-                  use_cache=False)
-    try:
-        return model(**kwargs, logits_to_keep=keep).logits[:, -keep:]
-    except TypeError:  # an architecture without logits_to_keep: compute all, keep the tail
-        return model(**kwargs).logits[:, -keep:]
-
-
 MIN_SHARED_PREFIX = 4    # tokens that group contexts as candidates for sharing their start
 MIN_SAVED_TOKENS = 128   # a shared start runs on its own only if it saves this many token positions: each
                          # extra forward costs ~0.1 s of per-module overhead on a 2-core CPU (SmolLM2 + LoRA)
@@ -100,6 +88,8 @@ def _shared_prefix(seqs: list[list[int]]) -> int:
 
 
 def _call(model, **kwargs):
+    """model(**kwargs), keeping `logits_to_keep` positions only: the LM head over every prompt position
+    would cost more than the rest of a small model (SmolLM2: 49k x 576 head vs 30 thin layers)."""
     try:
         return model(**kwargs)
     except TypeError:  # no logits_to_keep on this architecture
@@ -138,7 +128,8 @@ def _context_batches(model, contexts: list[list[int]], batch_size: int, pad_id: 
     that cache, its own tokens left-padded after it (padding masked, positions counted over real
     tokens only), so every logit is the one the context alone would get, up to float rounding.
     Inside fixed_weights(), contexts already run (and not in `need_cache`) come from memory, yielded
-    as one batch with cache and mask None."""
+    as one batch of log-probabilities (callers take log_softmax, which leaves them unchanged) with
+    cache and mask None."""
     import copy
 
     device = next(model.parameters()).device
@@ -188,12 +179,15 @@ def _context_batches(model, contexts: list[list[int]], batch_size: int, pad_id: 
                         position_ids=pos.to(device), past_key_values=cache, use_cache=True,
                         logits_to_keep=1 if memo is None else 2)
             last = out.logits[:, -1].float()
-            if memo is not None and len(memo["last"]) < MEMO_MAX_CONTEXTS:  # keep the last two positions: a
-                real = mask.sum(-1)  # context minus its last token is often another scorer's (lm-eval moves
-                for r, i in enumerate(idx):  # a trailing "\n" out of it)
-                    memo["last"][id(model), tuple(contexts[i])] = last[r]
+            # remember the last two positions as log-probabilities: a context minus its last token is
+            # often another scorer's context (lm-eval moves a trailing "\n" into the continuation)
+            if memo is not None and len(memo["last"]) < MEMO_MAX_CONTEXTS:
+                real = mask.sum(-1)
+                lp = torch.log_softmax(out.logits[:, -2:].float(), dim=-1)
+                for r, i in enumerate(idx):
+                    memo["last"][id(model), tuple(contexts[i])] = lp[r, -1]
                     if real[r] >= 2:
-                        memo["last"][id(model), tuple(contexts[i][:-1])] = out.logits[r, -2].float()
+                        memo["last"][id(model), tuple(contexts[i][:-1])] = lp[r, -2]
             yield idx, last, out.past_key_values, mask
 
 
@@ -201,10 +195,10 @@ def _from_memo(memo: dict, model, ctx: list[int], cont: list[int], out: list[flo
     """Fill out[i] from fixed_weights()'s memory if the logits after ctx + cont[:j] are there for every j."""
     total = 0.0
     for j, tok in enumerate(cont):
-        logits = memo["last"].get((id(model), tuple(ctx) + tuple(cont[:j])))
-        if logits is None:
+        logprobs = memo["last"].get((id(model), tuple(ctx) + tuple(cont[:j])))
+        if logprobs is None:
             return False
-        total += float(torch.log_softmax(logits, -1)[tok])
+        total += float(logprobs[tok])
     out[i] = total
     return True
 

@@ -263,9 +263,9 @@ def _fused_lora_forward(self, x, *args, **kwargs):
     if name not in self.lora_A or getattr(self, "use_dora", {}).get(name) or self.lora_B[name].bias is not None:
         return type(self).forward(self, x, *args, **kwargs)
     A, B = self.lora_A[name].weight, self.lora_B[name].weight
-    base = self.base_layer(x)
-    if base.dtype != A.dtype or x.dtype != A.dtype:  # mixed precision (bf16 base, fp32 adapters): peft's cast
+    if self.base_layer.weight.dtype != A.dtype or x.dtype != A.dtype:  # bf16 base, fp32 adapters: peft casts
         return type(self).forward(self, x, *args, **kwargs)
+    base = self.base_layer(x)
     h = self.lora_dropout[name](x).reshape(-1, x.shape[-1]) @ A.t()
     return torch.addmm(base.reshape(-1, base.shape[-1]), h, B.t(), alpha=self.scaling[name]).view_as(base)
 
