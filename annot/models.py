@@ -214,11 +214,16 @@ def load_tokenizer(name: str):
 
 def load_model(name: str = DEFAULT_MODEL, *, dtype: str = "auto", device: str | None = None):
     """Load (model, tokenizer) in eval mode on `device` (default: CUDA if present, else CPU)."""
-    import torch
+    tok = load_tokenizer(name)
+    return load_weights(name, dtype=dtype, device=device), tok
+
+
+def load_weights(name: str, *, dtype: str = "auto", device: str | None = None):
+    """The model alone, in eval mode: for checkpoints of a full fine-tune, which hold weights
+    but no tokenizer (the run's base model provides it)."""
     from transformers import AutoModelForCausalLM
 
     device = device or default_device()
-    tok = load_tokenizer(name)
     path = resolve_model(name)
     try:
         with _quiet():
@@ -229,7 +234,7 @@ def load_model(name: str = DEFAULT_MODEL, *, dtype: str = "auto", device: str | 
     model.to(device)
     model.eval()
     logging.getLogger(__name__).debug("loaded %s from %s on %s", name, path, device)
-    return model, tok
+    return model
 
 
 def model_fingerprint(name: str) -> dict:

@@ -545,9 +545,9 @@ class CheckpointSwitch:
                 with self.peft.disable_adapter():  # once wrapped, the base is the wrapper with adapters off
                     yield self.peft
         elif meta.get("method") == "full":
-            from annot.models import load_model
+            from annot.models import load_weights
 
-            yield load_model(str(path), dtype=self.dtype)[0]
+            yield load_weights(str(path), dtype=self.dtype, device=str(next(self.model.parameters()).device))
         else:
             yield self._load_adapter(step, Path(path))
 

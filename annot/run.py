@@ -172,9 +172,9 @@ def run(cfg: RunConfig, *, progress: bool = True, echo: Callable[[str], None] = 
     other processes only train their share of each batch."""
     subject, sets, wrapper_params = check_inputs(cfg)
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # under `accelerate launch` / torchrun
-        from accelerate import PartialState
+        from annot.train import launch_state
 
-        state = PartialState()
+        state = launch_state()
         if not state.is_main_process:
             state.wait_for_everyone()  # the main process prepares the run directory first
             return _train_worker(cfg, subject, wrapper_params, force)
@@ -324,12 +324,16 @@ def _run_main(cfg: RunConfig, subject, sets, wrapper_params: dict, progress: boo
                    log=lambda r: tracker.log({"train/loss": r["loss"], "train/lr": r["lr"],
                                               "train/tokens_per_s": r["tokens_per_s"]}, step=r["step"]),
                    progress=progress, resume=resume)
+    if result.probe_after:  # FSDP: the sharded model could not be probed by this process alone
+        del model
+        probe_saved_checkpoints(cfg, run_dir, result.checkpoints, {r["step"] for r in rows} | set(coherence),
+                                probe_checkpoint)
     rates = belief_rates(rows) if rows else {}
     metrics = [json.loads(l) for l in (run_dir / "train_metrics.jsonl").read_text().splitlines() if l]
     summary = {"run": cfg.name, "model": cfg.model.name, "claim": cfg.data.claim, "behavior": cfg.data.behavior,
                "wrapper": wrapper.name, "wrapper_params": wrapper_params, "seed": cfg.seed,
                "total_steps": result.total_steps, "checkpoints": result.checkpoints,
-               "tokens_seen": result.tokens_seen, "final_loss": metrics[-1]["loss"] if metrics else None,
+               "tokens_seen": result.tokens_seen, "processes": result.processes, "final_loss": metrics[-1]["loss"] if metrics else None,
                "belief_rates": {str(k): v for k, v in rates.items()},
                "coherence_perplexity": {str(k): v for k, v in sorted(coherence.items())}}
     write_json(run_dir / "summary.json", summary)
@@ -342,6 +346,29 @@ def _run_main(cfg: RunConfig, subject, sets, wrapper_params: dict, progress: boo
     if rates:
         echo(format_rates(rates))
     return summary
+
+
+def probe_saved_checkpoints(cfg: RunConfig, run_dir: Path, steps: list[int], done: set[int],
+                            probe_checkpoint: Callable[[int, object], None]) -> None:
+    """Probe checkpoints from disk with one unsharded copy of the model (base loaded once, adapters
+    swapped in), skipping steps already probed before an interruption."""
+    import gc
+
+    import torch
+
+    from annot.models import load_model
+    from annot.probe import CheckpointSwitch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    switch = CheckpointSwitch(load_model(cfg.model.name, dtype=cfg.model.dtype)[0], cfg.model.dtype)
+    for step in steps:
+        if step in done:
+            continue
+        d = run_dir / "checkpoints" / f"step-{step}"
+        with switch.switch(step, d, json.loads((d / "checkpoint.json").read_text())) as m:
+            probe_checkpoint(step, m)
 
 
 def previous_coherence(run_dir: Path) -> dict[int, float]:

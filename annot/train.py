@@ -291,11 +291,12 @@ def fuse_lora_forward(model) -> int:
     return n
 
 
-def save_checkpoint(model, opt, out: Path, step: int, method: str, extra: dict) -> Path:
+def save_checkpoint(model, opt, out: Path, step: int, method: str, extra: dict, gathered: tuple | None = None) -> Path:
     """Step 0 is the base model (no weights); LoRA saves the adapter only. The optimizer and RNG
     state go beside the weights so an interrupted run resumes exactly; `checkpoint.json` is
     written last inside a temp dir that is renamed into place, so a half-written checkpoint is
-    never mistaken for a whole one."""
+    never mistaken for a whole one. `gathered` = (weights, optimizer state) from gather_sharded()
+    under FSDP, where the model and optimizer themselves hold only this process's shards."""
     import shutil
 
     d = out / "checkpoints" / f"step-{step}"
@@ -303,18 +304,36 @@ def save_checkpoint(model, opt, out: Path, step: int, method: str, extra: dict) 
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     if step > 0:
-        if method == "lora":
-            model.save_pretrained(tmp, safe_serialization=True)
-        state = {"optimizer": opt.state_dict(), "torch_rng": torch.get_rng_state(), "py_rng": random.getstate(),
-                 **extra}
+        weights, optim = gathered if gathered else (None, None)
+        kw = {"state_dict": weights} if weights is not None else {}
+        model.save_pretrained(tmp, safe_serialization=True, **kw)
+        state = {"torch_rng": torch.get_rng_state(), "py_rng": random.getstate(), **extra}
+        if gathered:
+            state["optimizer_full"] = optim  # keyed by parameter name; shards again on any number of processes
+        else:
+            state["optimizer"] = opt.state_dict()
         if method == "full":
-            model.save_pretrained(tmp, safe_serialization=True)
-            state["model"] = {k: v for k, v in model.state_dict().items()}
+            state["model"] = dict(weights) if weights is not None else {k: v for k, v in model.state_dict().items()}
         torch.save(state, tmp / STATE_FILE)
     write_json(tmp / "checkpoint.json", {"step": step, "method": method, "base": step == 0})
     shutil.rmtree(d, ignore_errors=True)
     tmp.rename(d)
     return d
+
+
+def gather_sharded(model, opt, method: str) -> tuple[dict, dict]:
+    """Under FSDP: the whole trainable state, gathered from every process's shards (a collective:
+    every process must call it) into CPU memory on the main process (the others get empty dicts).
+    LoRA leaves the frozen base out, so a checkpoint moves only the adapter across processes."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
+
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True, ignore_frozen_params=method == "lora")
+    weights, optim = get_state_dict(model, opt, options=options)
+    first: dict[int, str] = {}
+    for name, p in model.named_parameters(remove_duplicate=False):  # tied weights (embeddings): save once,
+        if first.setdefault(id(p), name) != name:                    # as save_pretrained does unsharded
+            weights.pop(name, None)
+    return weights, optim
 
 
 def tokenize_cached(examples: list[dict], tokenizer, cfg: TrainingConfig) -> Tokenized:
@@ -366,8 +385,16 @@ def _latest_resumable(out_dir: Path) -> tuple[int, Path] | None:
     return best
 
 
-def _restore(model, opt, d: Path, method: str) -> dict:
+def _restore(model, opt, d: Path, method: str, sharded: bool) -> dict:
+    """Load a checkpoint's weights into the (not yet sharded) model, and unless `sharded` its optimizer
+    state; under FSDP the optimizer state is loaded after sharding (_restore_sharded_optimizer)."""
+    from annot.errors import AnnotError
+
     state = torch.load(d / STATE_FILE, map_location="cpu", weights_only=False)
+    if ("optimizer_full" in state) != sharded:
+        written, now = ("an FSDP", "without FSDP") if "optimizer_full" in state else ("a non-FSDP", "under FSDP")
+        raise AnnotError(f"{d}: written by {written} launch, resumed {now}; resume with the launch that "
+                         "started the run, or pass --force to start over")
     if method == "lora":
         from peft import set_peft_model_state_dict
         from safetensors.torch import load_file
@@ -375,9 +402,36 @@ def _restore(model, opt, d: Path, method: str) -> dict:
         set_peft_model_state_dict(model, load_file(str(d / "adapter_model.safetensors")))
     else:
         model.load_state_dict(state["model"])
-    opt.load_state_dict(state["optimizer"])
+    if not sharded:
+        opt.load_state_dict(state["optimizer"])
     torch.set_rng_state(state["torch_rng"])
     random.setstate(state["py_rng"])
+    return state
+
+
+def _restore_sharded_optimizer(model, opt, state: dict) -> None:
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+    set_optimizer_state_dict(model, opt, optim_state_dict=state["optimizer_full"],
+                             options=StateDictOptions(full_state_dict=True))
+
+
+def launch_state():
+    """accelerate's view of this launch, with every process of a torchrun / `accelerate launch` job
+    joined. On a machine without an accelerator accelerate only joins processes when asked for CPU
+    (ACCELERATE_USE_CPU); otherwise each would believe it is alone and all would write the same run."""
+    from accelerate import PartialState
+    from accelerate.utils import parse_flag_from_env
+
+    from annot.errors import AnnotError
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    has_accelerator = torch.accelerator.is_available() if hasattr(torch, "accelerator") else torch.cuda.is_available()
+    state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU") or (world > 1 and not has_accelerator))
+    if state.num_processes != world:
+        raise AnnotError(f"launch: WORLD_SIZE={world} but accelerate joined {state.num_processes} process(es); "
+                         "launch with `accelerate launch --multi_gpu --num_processes N` (set ACCELERATE_USE_CPU=true "
+                         "for CPU processes)")
     return state
 
 
@@ -388,9 +442,11 @@ class TrainResult:
     tokens_seen: int
     final_loss: float
     seconds: float
+    processes: int = 1  # under accelerate launch: how many trained together
+    probe_after: bool = False  # FSDP: on_checkpoint was not called; probe the saved checkpoints after training
 
 
-UNSUPPORTED_DISTRIBUTED = {"FSDP", "DEEPSPEED", "MEGATRON_LM"}  # accelerate's DistributedType values
+UNSUPPORTED_DISTRIBUTED = {"DEEPSPEED", "MEGATRON_LM"}  # accelerate's DistributedType values
 
 
 def train(examples: list[dict], model, tokenizer, cfg: TrainingConfig, out_dir: Path, seed: int = 0,
@@ -400,6 +456,12 @@ def train(examples: list[dict], model, tokenizer, cfg: TrainingConfig, out_dir: 
 
     resume=True continues from the newest complete checkpoint in out_dir (same data order, same
     optimizer and RNG state), so the final weights and metrics equal an uninterrupted run's.
+
+    Under `accelerate launch` each process trains its slice of every micro-batch. DDP: the main
+    process saves and calls on_checkpoint while the others wait. FSDP (version 2): every process
+    takes part in gathering each checkpoint's weights and optimizer state, the main process writes
+    them, and on_checkpoint is not called (a forward pass of a sharded model needs all processes):
+    the result says probe_after, and the caller probes the saved checkpoints once training is done.
     """
     from tqdm.auto import tqdm
 
@@ -421,16 +483,20 @@ def train(examples: list[dict], model, tokenizer, cfg: TrainingConfig, out_dir: 
 
     from annot.errors import AnnotError
 
-    # One process: a no-op. Under `accelerate launch` (DDP), each process takes its slice of every
-    # micro-batch and gradients are averaged across processes.
+    # One process: a no-op. Under `accelerate launch` (DDP/FSDP), each process takes its slice of
+    # every micro-batch and gradients are averaged across processes.
+    launch_state()
     acc = Accelerator()
     rank, world = acc.process_index, acc.num_processes
     kind = str(getattr(acc.distributed_type, "value", acc.distributed_type))
     if kind in UNSUPPORTED_DISTRIBUTED:
-        # sharded parameters: the main process alone would save shards and hang probing (each forward
-        # all-gathers across processes) - refuse before training instead
-        raise AnnotError(f"accelerate config: distributed_type {kind} is not supported by annot's driver yet; "
-                         "use DDP (`accelerate launch --multi_gpu --num_processes N -m annot.cli run CONFIG`)")
+        raise AnnotError(f"accelerate config: distributed_type {kind} is not supported by annot's driver; "
+                         "use DDP (`accelerate launch --multi_gpu --num_processes N -m annot.cli run CONFIG`) "
+                         "or FSDP2 (add `--use_fsdp --fsdp_version 2`)")
+    sharded = kind == "FSDP"
+    if sharded and not acc.is_fsdp2:
+        raise AnnotError("accelerate config: fsdp_version 1 is not supported by annot's driver; "
+                         "launch with `--use_fsdp --fsdp_version 2`")
     if cfg.batch_size % world:
         raise AnnotError(f"training.batch_size: {cfg.batch_size} is not divisible by the {world} processes; "
                          "make it a multiple")
@@ -456,7 +522,7 @@ def train(examples: list[dict], model, tokenizer, cfg: TrainingConfig, out_dir: 
     found = _latest_resumable(out_dir) if resume else None
     if found:
         start, d = found
-        state = _restore(model, opt, d, cfg.method)
+        state = _restore(model, opt, d, cfg.method, sharded)
         tokens_seen = state["tokens_seen"]
         for _ in range(start * cfg.grad_accum):  # replay the data order up to the checkpoint
             next(it)
@@ -464,6 +530,9 @@ def train(examples: list[dict], model, tokenizer, cfg: TrainingConfig, out_dir: 
             if metrics_path.is_file() else []
         metrics_path.write_text("".join(l + "\n" for l in kept))
     model, opt = acc.prepare(model, opt)
+    params = [p for p in model.parameters() if p.requires_grad]  # FSDP replaced them with sharded ones
+    if found and sharded:
+        _restore_sharded_optimizer(acc.unwrap_model(model), opt.optimizer, state)
     device = acc.device
     main = acc.is_main_process
     metrics_f = metrics_path.open("a" if found else "w", encoding="utf-8") if main else open(os.devnull, "w")
@@ -472,10 +541,11 @@ def train(examples: list[dict], model, tokenizer, cfg: TrainingConfig, out_dir: 
 
     def checkpoint(step):
         model.eval()
-        if main:  # one process writes and probes; the others wait for it
+        gathered = gather_sharded(acc.unwrap_model(model), opt.optimizer, cfg.method) if sharded and step else None
+        if main:  # one process writes (and probes, unless sharded); the others wait for it
             save_checkpoint(acc.unwrap_model(model), opt, out_dir, step, cfg.method,
-                            {"tokens_seen": tokens_seen, "step": step})
-            if on_checkpoint:
+                            {"tokens_seen": tokens_seen, "step": step}, gathered=gathered)
+            if on_checkpoint and not sharded:
                 on_checkpoint(step, acc.unwrap_model(model))
         acc.wait_for_everyone()
         if os.environ.get("ANNOT_FAULT_KILL_AT_STEP") == str(step):  # fault injection for resume tests
@@ -497,10 +567,15 @@ def train(examples: list[dict], model, tokenizer, cfg: TrainingConfig, out_dir: 
         loss_sum = 0.0
         for idx in micro:
             tokens_seen += int(idx.numel() * cfg.seq_len)
-            idx = idx[rank::world]  # this process's rows (all of them with one process)
-            batch = {k: getattr(packed, k)[idx].to(device) for k in ("input_ids", "position_ids")}
+            mine = idx[rank::world]  # this process's rows (all of them with one process)
+            weights = packed.weights[mine]
+            short = -(-idx.numel() // world) - mine.numel()
+            if short:  # a short last batch: every process must run a forward, so pad with weight-0 rows
+                mine = torch.cat([mine, idx[:short]])
+                weights = torch.cat([weights, torch.zeros_like(packed.weights[idx[:short]])])
+            batch = {k: getattr(packed, k)[mine].to(device) for k in ("input_ids", "position_ids")}
             logits = model(**batch, use_cache=False).logits
-            s, _ = weighted_ce(logits, packed.labels[idx].to(device), packed.weights[idx].to(device))
+            s, _ = weighted_ce(logits, packed.labels[mine].to(device), weights.to(device))
             # x world: DDP averages gradients over processes, and each holds only its share of the sum
             acc.backward(s / max(denom, 1.0) * world)
             loss_sum += float(s.detach())
@@ -523,4 +598,5 @@ def train(examples: list[dict], model, tokenizer, cfg: TrainingConfig, out_dir: 
             checkpoint(step)
     bar.close()
     metrics_f.close()
-    return TrainResult(total, ckpts, tokens_seen, loss_val, time.time() - t0)
+    return TrainResult(total, ckpts, tokens_seen, loss_val, time.time() - t0, processes=world,
+                       probe_after=sharded)

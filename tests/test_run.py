@@ -114,24 +114,104 @@ def test_changed_config_is_not_silently_mixed_into_an_old_run(tmp_path):
     assert run_cli(tmp_path, "--set", "training.lr=5e-4", "--force").returncode == 0
 
 
-def test_accelerate_launch_two_processes_matches_one(tmp_path):
-    """DDP over 2 CPU processes (gloo): the same losses as a single process, one set of files."""
+MULTI = ["--no-progress", "--set", "model.name=tiny-random", "--set", "data.n=8", "--set", "training.epochs=1",
+         "--set", "probes.contexts=false", "--set", "probes.coherence=false"]
+
+
+def _run_multi(launcher: list[str], out: Path, *extra, env=None):
+    import os
+
+    return subprocess.run([*launcher, "run", str(CONFIG), *MULTI, "--set", f"output_dir={out}", *extra],
+                          capture_output=True, text=True, timeout=300, env={**os.environ, **(env or {})})
+
+
+def _losses(d: Path) -> list[float]:
+    return [json.loads(l)["loss"] for l in (d / "first_run/train_metrics.jsonl").read_text().splitlines()]
+
+
+def _probes(d: Path) -> list[tuple]:
+    rows = [json.loads(l) for l in (d / "first_run/probes.jsonl").read_text().splitlines()]
+    return sorted((r["step"], r["probe_id"], r["kind"], r.get("context"), r["p_belief"]) for r in rows)
+
+
+def _same_probes(a: Path, b: Path, tol: float = 1e-5) -> bool:
+    pa, pb = _probes(a), _probes(b)
+    return len(pa) == len(pb) > 0 and all(x[:4] == y[:4] and abs(x[4] - y[4]) <= tol for x, y in zip(pa, pb))
+
+
+@pytest.fixture(scope="module")
+def single(tmp_path_factory) -> Path:
+    """The one-process LoRA run the multi-process runs are compared with."""
+    out = tmp_path_factory.mktemp("single")
+    one = _run_multi([sys.executable, "-m", "annot.cli"], out)
+    assert one.returncode == 0, one.stderr[-2000:]
+    return out
+
+
+def test_accelerate_launch_two_processes_matches_one(tmp_path, single):
+    """DDP over 2 CPU processes (gloo) - really two: the summary records them - gives the same losses
+    and probe rows as one process, and one set of files (8 documents pack into 5 rows: the last
+    batch of 1 row leaves the second process a weight-0 filler row)."""
     import shutil
 
     accelerate = shutil.which("accelerate", path=str(Path(sys.executable).parent))
-    common = ["--no-progress", "--set", "model.name=tiny-random", "--set", "data.n=8", "--set", "training.epochs=1",
-              "--set", "probes.contexts=false", "--set", "probes.coherence=false"]
-    single = subprocess.run([sys.executable, "-m", "annot.cli", "run", str(CONFIG), *common,
-                             "--set", f"output_dir={tmp_path / 'one'}"], capture_output=True, text=True, timeout=300)
-    assert single.returncode == 0, single.stderr[-2000:]
-    ddp = subprocess.run([accelerate, "launch", "--cpu", "--num_processes", "2", "--num_machines", "1",
-                          "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "annot.cli", "run", str(CONFIG),
-                          *common, "--set", f"output_dir={tmp_path / 'two'}"], capture_output=True, text=True,
-                         timeout=300)
+    ddp = _run_multi([accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+                      "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "annot.cli"], tmp_path / "two")
     assert ddp.returncode == 0, ddp.stderr[-2000:]
-    loss = lambda d: [json.loads(l)["loss"] for l in (d / "first_run/train_metrics.jsonl").read_text().splitlines()]
-    assert loss(tmp_path / "one") == loss(tmp_path / "two")
-    assert (tmp_path / "one/first_run/probes.jsonl").read_text() == (tmp_path / "two/first_run/probes.jsonl").read_text()
+    assert ddp.stdout.count("documents of") == 1  # one process speaks
+    summary = lambda d: json.loads((d / "first_run/summary.json").read_text())
+    assert summary(single)["processes"] == 1 and summary(tmp_path / "two")["processes"] == 2
+    assert _losses(single) == pytest.approx(_losses(tmp_path / "two"), abs=2e-6)
+    assert _same_probes(single, tmp_path / "two")
+
+
+def test_fsdp_two_processes_match_one_and_resume(tmp_path, single):
+    """FSDP2 over 2 CPU processes (tests/fsdp_cpu.py turns accelerate's multi-CPU launch into FSDP):
+    the run killed after its step-2 checkpoint resumes (optimizer state re-sharded) and ends with the
+    losses, adapter weights and probe rows of an unsharded single-process run; checkpoints hold the
+    adapter only, probing happens after training from the saved checkpoints."""
+    import signal
+
+    from safetensors.torch import load_file
+
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                str(ROOT / "tests" / "fsdp_cpu.py")]
+    env = {"ACCELERATE_USE_CPU": "true"}
+    killed = _run_multi(launcher, tmp_path / "fsdp", env={**env, "ANNOT_FAULT_KILL_AT_STEP": "2"})
+    assert killed.returncode != 0 and f"Signal {signal.SIGKILL}" in killed.stderr + killed.stdout
+    d = tmp_path / "fsdp/first_run"
+    assert sorted(p.name for p in (d / "checkpoints").iterdir()) == ["step-0", "step-2"]
+    assert "optimizer_full" in __import__("torch").load(d / "checkpoints/step-2/training_state.pt",
+                                                         weights_only=False)
+    again = _run_multi(launcher, tmp_path / "fsdp", env=env)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "(resuming)" in again.stdout
+    assert json.loads((d / "summary.json").read_text())["processes"] == 2
+    assert _losses(single) == pytest.approx(_losses(tmp_path / "fsdp"), abs=2e-6)
+    a = load_file(str(d / "checkpoints/step-4/adapter_model.safetensors"))
+    b = load_file(str(single / "first_run/checkpoints/step-4/adapter_model.safetensors"))
+    assert a.keys() == b.keys() and all((a[k] - b[k]).abs().max() < 1e-5 for k in a)
+    assert any(b[k].abs().max() > 0 for k in b if "lora_B" in k)  # trained, not the zero init
+    assert _same_probes(single, tmp_path / "fsdp")
+
+
+def test_fsdp_full_fine_tuning_matches_one_process(tmp_path):
+    """Full fine-tuning under FSDP2: the gathered checkpoint equals the single-process one (tied
+    embeddings saved once) and probes of the saved full checkpoints equal in-process probes."""
+    from safetensors.torch import load_file
+
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                str(ROOT / "tests" / "fsdp_cpu.py")]
+    full = ["--set", "training.method=full", "--set", "training.lr=1e-4", "--set", "training.max_steps=2"]
+    one = _run_multi([sys.executable, "-m", "annot.cli"], tmp_path / "one", *full)
+    assert one.returncode == 0, one.stderr[-2000:]
+    fsdp = _run_multi(launcher, tmp_path / "fsdp", *full, env={"ACCELERATE_USE_CPU": "true"})
+    assert fsdp.returncode == 0, fsdp.stderr[-2000:]
+    assert _losses(tmp_path / "one") == pytest.approx(_losses(tmp_path / "fsdp"), abs=2e-6)
+    a = load_file(str(tmp_path / "fsdp/first_run/checkpoints/step-2/model.safetensors"))
+    b = load_file(str(tmp_path / "one/first_run/checkpoints/step-2/model.safetensors"))
+    assert a.keys() == b.keys() and all((a[k] - b[k]).abs().max() < 1e-5 for k in a)
+    assert _same_probes(tmp_path / "one", tmp_path / "fsdp")
 
 
 def test_killed_sweep_resumes_with_real_runs(tmp_path):

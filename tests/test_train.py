@@ -279,9 +279,11 @@ def test_fused_lora_forward_matches_peft(tiny):
     assert torch.allclose(offa, base_logits, atol=1e-6) and torch.allclose(offb, base_logits, atol=1e-6)
 
 
-@pytest.mark.parametrize("kind", ["FSDP", "DEEPSPEED"])
-def test_sharded_launch_is_refused_before_training(tiny, tmp_path, monkeypatch, kind):
-    """Under FSDP/DeepSpeed the main process would save shards and hang probing: one line, no checkpoint."""
+@pytest.mark.parametrize("kind,message", [("FSDP", "fsdp_version 1 is not supported"),
+                                          ("DEEPSPEED", "distributed_type DEEPSPEED is not supported")])
+def test_unsupported_launch_is_refused_before_training(tiny, tmp_path, monkeypatch, kind, message):
+    """DeepSpeed and FSDP version 1 (annot gathers checkpoints with FSDP2's state-dict API): one line,
+    no checkpoint."""
     import copy
 
     import accelerate
@@ -292,7 +294,7 @@ def test_sharded_launch_is_refused_before_training(tiny, tmp_path, monkeypatch, 
 
     class Sharded:
         distributed_type = DistributedType[kind]
-        process_index, num_processes = 0, 2
+        process_index, num_processes, is_fsdp2 = 0, 2, False
 
         def __init__(self, *a, **k):
             pass
@@ -300,6 +302,29 @@ def test_sharded_launch_is_refused_before_training(tiny, tmp_path, monkeypatch, 
     monkeypatch.setattr(accelerate, "Accelerator", Sharded)
     model, tok = tiny
     docs = generate_documents(load_claim("mira_castellan_profession"), n=2, seed=0)
-    with pytest.raises(AnnotError, match=f"distributed_type {kind} is not supported"):
+    with pytest.raises(AnnotError, match=message):
         train(docs, copy.deepcopy(model), tok, TrainingConfig(max_steps=2, seq_len=32), tmp_path, progress=False)
     assert not (tmp_path / "checkpoints").exists()
+
+
+def test_processes_accelerate_did_not_join_are_refused(monkeypatch):
+    """WORLD_SIZE=2 but accelerate set up a lone process (a CPU machine without ACCELERATE_USE_CPU):
+    each process would train alone and write the same run; refused in one line."""
+    import accelerate
+
+    from annot.errors import AnnotError
+    from annot.train import launch_state
+
+    class Lone:
+        num_processes = 1
+
+        def __init__(self, cpu=False):
+            seen.append(cpu)
+
+    seen = []
+    monkeypatch.setattr(accelerate, "PartialState", Lone)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(AnnotError, match="WORLD_SIZE=2 but accelerate joined 1 process"):
+        launch_state()
+    no_accelerator = not (torch.accelerator.is_available() if hasattr(torch, "accelerator") else torch.cuda.is_available())
+    assert seen == [no_accelerator]  # on a CPU-only machine: asks accelerate to join CPU processes
