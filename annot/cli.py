@@ -388,8 +388,9 @@ def train(wrapped, model_name, out, seed, overrides, resume, no_progress):
     examples = read_jsonl(wrapped)
     model, tok = load_model(model_name)
     res = run_train(examples, model, tok, cfg, Path(out), seed=seed, progress=not no_progress, resume=resume)
-    click.echo(f"{res.total_steps} steps, {res.tokens_seen} tokens, final loss {res.final_loss:.4f}; "
-               f"checkpoints {res.checkpoints} in {out}/checkpoints")
+    if int(os.environ.get("RANK", "0")) == 0:  # under accelerate launch: one line, from the main process
+        click.echo(f"{res.total_steps} steps, {res.tokens_seen} tokens, final loss {res.final_loss:.4f}; "
+                   f"checkpoints {res.checkpoints} in {out}/checkpoints")
 
 
 @main.command()
