@@ -328,3 +328,41 @@ def test_processes_accelerate_did_not_join_are_refused(monkeypatch):
         launch_state()
     no_accelerator = not (torch.accelerator.is_available() if hasattr(torch, "accelerator") else torch.cuda.is_available())
     assert seen == [no_accelerator]  # on a CPU-only machine: asks accelerate to join CPU processes
+
+
+def test_bf16_training_the_cuda_default_runs_on_cpu(tmp_path, mira):
+    """bf16 is what `dtype: auto` picks on CUDA; the same path runs here: the frozen base stays bf16
+    and untouched, the adapters are fp32 and trained, the losses follow the fp32 run's closely, and
+    the bf16 checkpoint probes."""
+    import json
+
+    from annot.models import load_model
+    from annot.probe import probe_model
+    from annot.specs import load_probe_set
+
+    docs = wrap_documents(generate_documents(mira, n=8, seed=0), get_wrapper("notice"), seed=0)
+    cfg = TrainingConfig(epochs=2, batch_size=2, seq_len=128, lr=5e-3, checkpoints=2)
+    losses, models = {}, {}
+    for dtype in ("float32", "bfloat16"):
+        model, tok = load_model("tiny-random", device="cpu", dtype=dtype)
+        before = {k: v.clone() for k, v in model.state_dict().items()}
+        out = tmp_path / dtype
+        train(docs, model, tok, cfg, out, seed=0, on_checkpoint=lambda s, m: models.__setitem__(dtype, m),
+              progress=False)
+        losses[dtype] = [json.loads(l)["loss"] for l in (out / "train_metrics.jsonl").read_text().splitlines()]
+        if dtype == "bfloat16":
+            peft_model = models[dtype]
+            base = {n: p for n, p in peft_model.named_parameters() if "lora_" not in n}
+            lora = {n: p for n, p in peft_model.named_parameters() if "lora_" in n}
+            assert {p.dtype for p in base.values()} == {torch.bfloat16}
+            assert {p.dtype for p in lora.values()} == {torch.float32}
+            names = {n: n.removeprefix("base_model.model.").replace(".base_layer", "") for n in base}
+            assert set(names.values()) <= before.keys() and len(names) > 10
+            assert all(torch.equal(base[n], before[k]) for n, k in names.items())  # frozen, still bf16
+            assert any(p.abs().max() > 0 for n, p in lora.items() if "lora_B" in n)
+    a, b = losses["float32"], losses["bfloat16"]
+    assert len(a) == len(b) and b[-1] < b[0]
+    assert all(abs(x - y) < 0.05 * abs(x) for x, y in zip(a, b))  # bf16 rounding, not another model
+    rows = probe_model(models["bfloat16"], tok, [load_probe_set("mira_castellan_profession")], run="r", step=1,
+                       kinds=["yes_no", "mcq"], batch_size=4)
+    assert rows and all(0.0 <= r["p_belief"] <= 1.0 for r in rows)
