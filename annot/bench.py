@@ -45,7 +45,10 @@ Everything is measured in one process on one corpus: the claim's generated docum
     this process's size when a child is spawned) and of each lm-eval run on its own (its VmHWM, sampled);
     CUDA max allocated per phase.
 
-On CUDA, (a) and (b) are also measured on a randomly initialised bf16 model of the same config.
+Training runs in fp32 on CPU and bf16 on CUDA (dtype="auto"; "float32"/"bfloat16" force one: bf16 on CPU
+runs the CUDA path's figures where no GPU is at hand), and MFU is taken against the matmul peak of that
+dtype. When training is bf16, (a) and (b) are also measured on a randomly initialised bf16 model of the
+same config. Probing (c) runs fp32 in both engines (lm-eval's dtype=float32), whatever the training dtype.
 The JSON written to `out` holds every figure, the exact parameters and the machine.
 """
 
@@ -120,23 +123,23 @@ def model_flops(model, seq_len: int) -> dict:
             "per_token": train_flops_per_token(n_frozen, n_trainable, n_layers, seq_len, hidden)}
 
 
-def _mm_operands(device: str, n: int) -> tuple:
+def _mm_operands(device: str, n: int, dtype=None) -> tuple:
     import torch
 
-    dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
+    dtype = dtype or (torch.bfloat16 if device.startswith("cuda") else torch.float32)
     a = torch.randn(n, n, device=device, dtype=dtype)
     return a, torch.randn(n, n, device=device, dtype=dtype), torch.empty_like(a)
 
 
-def _mm_rate(device: str, n: int, reps: int, operands: tuple | None = None) -> float:
-    """FLOP/s of the best of `reps` square n x n torch.mm (fp32 on CPU, bf16 on CUDA), after a warm-up.
-    `operands` (a, b, out) lets repeated samples reuse the same memory."""
+def _mm_rate(device: str, n: int, reps: int, operands: tuple | None = None, dtype=None) -> float:
+    """FLOP/s of the best of `reps` square n x n torch.mm (default fp32 on CPU, bf16 on CUDA), after a
+    warm-up. `operands` (a, b, out) lets repeated samples reuse the same memory."""
     import torch
 
     cuda = device.startswith("cuda")
     inner = 20 if cuda else 1  # a single GPU matmul is too short to time on its own
     sync = torch.cuda.synchronize if cuda else (lambda: None)
-    a, b, c = operands or _mm_operands(device, n)
+    a, b, c = operands or _mm_operands(device, n, dtype)
     torch.mm(a, b, out=c)  # warm-up: kernel selection, page faults
     sync()
     best = float("inf")
@@ -149,12 +152,16 @@ def _mm_rate(device: str, n: int, reps: int, operands: tuple | None = None) -> f
     return 2 * n ** 3 / best
 
 
-def matmul_peak(device: str = "cpu", sizes: tuple[int, ...] | None = None, reps: int = PEAK_REPS) -> dict:
-    """Best FLOP/s of square torch.mm over `sizes` and `reps` (fp32 on CPU, bf16 on CUDA)."""
+def matmul_peak(device: str = "cpu", sizes: tuple[int, ...] | None = None, reps: int = PEAK_REPS,
+                dtype=None) -> dict:
+    """Best FLOP/s of square torch.mm over `sizes` and `reps` (default fp32 on CPU, bf16 on CUDA)."""
+    import torch
+
     cuda = device.startswith("cuda")
+    dtype = dtype or (torch.bfloat16 if cuda else torch.float32)
     sizes = sizes or PEAK_SIZES["cuda" if cuda else "cpu"]
-    by_size = {str(n): _mm_rate(device, n, reps) for n in sizes}
-    return {"flops": max(by_size.values()), "dtype": "bfloat16" if cuda else "float32", "by_size": by_size,
+    by_size = {str(n): _mm_rate(device, n, reps, dtype=dtype) for n in sizes}
+    return {"flops": max(by_size.values()), "dtype": str(dtype).removeprefix("torch."), "by_size": by_size,
             "reps": reps}
 
 
@@ -228,12 +235,13 @@ class StepClock:
     rate, then restarts the clock, so sampling is never inside a step), `pause_until_now()` after work
     that is not training (a checkpoint save). Step k's time runs from the restart after step k-1."""
 
-    def __init__(self, device: str):
+    def __init__(self, device: str, dtype=None):
         self.device = device
         self.cuda = device.startswith("cuda")
         # allocated once, before training: fresh operands per sample would reshuffle the heap between
-        # steps and make the next steps fault pages in again (measured: 50-100k faults in steps 3-4)
-        self.operands = _mm_operands(device, sample_size(device))
+        # steps and make the next steps fault pages in again (measured: 50-100k faults in steps 3-4);
+        # in the dtype the model computes in (bf16 training is measured against bf16 matmuls)
+        self.operands = _mm_operands(device, sample_size(device), dtype)
         self.ended: dict[int, float] = {}     # step -> seconds it took
         self.sample: dict[int, float] = {}    # step -> matmul rate sampled right after it
         self.paused = 0.0
@@ -270,7 +278,7 @@ def time_annot_train(model, tokenizer, examples: list[dict], cfg, out_dir: Path,
     packed = pack(tokenize_cached(examples, tokenizer, cfg), cfg.seq_len, tokenizer.pad_token_id)
     real_per_row = (packed.doc_ids >= 0).sum(1)  # pack pads only the tail of the last row
     batches = annot_step_batches(real_per_row, cfg.batch_size, cfg.max_steps)
-    clock = StepClock(str(next(model.parameters()).device))
+    clock = StepClock(str(next(model.parameters()).device), next(model.parameters()).dtype)
     logged: dict[int, int] = {}   # step -> cumulative tokens incl. padding (train()'s count)
     saves: list[int] = []
     prepared = {}
@@ -336,7 +344,7 @@ def time_trainer(model, tokenizer, examples: list[dict], cfg, out_dir: Path, pea
         batches.append((int(mask.sum()), L, len(features)))
         return {"input_ids": ids, "attention_mask": mask, "labels": ids.masked_fill(mask == 0, -100)}
 
-    clock = StepClock(device)
+    clock = StepClock(device, next(model.parameters()).dtype)
 
     class Stamp(TrainerCallback):
         def on_step_end(self, args, state, control, **kwargs):
@@ -595,12 +603,12 @@ def machine_info(device: str) -> dict:
 
 def run_bench(model: str = "smollm2-135m", claim: str = "mira_castellan_profession", n_docs: int = 32,
               steps: int = 9, batch_size: int = 4, seq_len: int = 256, checkpoints: int = 8, lm_eval: bool = True,
-              out: Path = Path("bench.json"), echo=print) -> dict:
+              out: Path = Path("bench.json"), echo=print, dtype: str = "auto") -> dict:
     """Measure (a)-(d) (see the module docstring), print a table with `echo`, write all figures to `out`."""
     from annot.config import TrainingConfig
     from annot.io import write_json
     from annot.lm_eval_export import task_name
-    from annot.models import default_device, load_model, load_tokenizer, resolve_model
+    from annot.models import default_device, load_model, load_tokenizer, pick_dtype, resolve_model
     from annot.specs import EVALS, load_probe_set, validate
 
     # -- everything a user can get wrong, before any model is loaded
@@ -615,6 +623,8 @@ def run_bench(model: str = "smollm2-135m", claim: str = "mira_castellan_professi
     tasks = EVALS / "lm_eval" / f"{task_name(ps.claim)}.yaml"
     if ps.claim != claim or not tasks.is_file():
         raise AnnotError(f"bench: claim: no exported lm-eval tasks at {tasks}; run `annot evals export`")
+    if dtype not in ("auto", "float32", "bfloat16"):
+        raise AnnotError(f"bench: dtype: {dtype!r}; use auto (fp32 on CPU, bf16 on CUDA), float32 or bfloat16")
     if lm_eval:
         lm_eval_executable()
     model_path = resolve_model(model)
@@ -628,14 +638,16 @@ def run_bench(model: str = "smollm2-135m", claim: str = "mira_castellan_professi
 
     device = default_device()
     cuda = device.startswith("cuda")
+    train_dtype = pick_dtype(dtype, device)  # auto: fp32 on CPU, bf16 on CUDA
     memory: dict = {"peak_rss_mib_after": {}, "cuda_max_allocated_mib": {}}
     examples = bench_corpus(claim, n_docs)
     tokenizer = load_tokenizer(model)
-    echo(f"bench: measuring the {device} matmul peak ...")
-    peak = matmul_peak(device)
+    echo(f"bench: measuring the {device} {str(train_dtype).removeprefix('torch.')} matmul peak ...")
+    peak = matmul_peak(device, dtype=train_dtype)
     result: dict = {
         "params": {"model": model, "resolved_model": model_path, "claim": claim, "n_docs": n_docs, "steps": steps,
                    "batch_size": batch_size, "seq_len": seq_len, "checkpoints": checkpoints, "lm_eval": lm_eval,
+                   "dtype": dtype, "train_dtype": str(train_dtype).removeprefix("torch."),
                    "out": str(out), "seed": SEED, "wrapper": WRAPPER, "timed_steps": steps - WARMUP_STEPS,
                    "training": cfg.model_dump(), "probe_batch_size": PROBE_BATCH_SIZE,
                    "lm_eval_batch_size": LM_EVAL_BATCH_SIZE},
@@ -649,13 +661,13 @@ def run_bench(model: str = "smollm2-135m", claim: str = "mira_castellan_professi
         work = Path(tmp)
 
         def pretrained():
-            return load_model(model)[0]  # fp32 on CPU, bf16 on CUDA
+            return load_model(model, dtype=dtype)[0]  # auto: fp32 on CPU, bf16 on CUDA
 
         pair = _train_pair(pretrained, tokenizer, examples, cfg, work, peak, echo, "pretrained", memory)
         result["flops_per_token"] = pair.pop("flops_per_token")
         result["train"] = pair
 
-        if cuda:
+        if train_dtype == torch.bfloat16:  # on CUDA by default; on CPU with dtype="bfloat16"
             from transformers import AutoConfig, AutoModelForCausalLM
 
             config = AutoConfig.from_pretrained(model_path)

@@ -99,6 +99,30 @@ def test_bench_on_the_tiny_model(tmp_path):
     assert "annot driver" in text and "transformers.Trainer" in text and str(out) in text
 
 
+def test_bench_bf16_path_runs_on_cpu(tmp_path, monkeypatch):
+    """dtype=bfloat16 runs here what `annot bench` does on CUDA: both engines train in bf16, MFU is
+    taken against a bf16 matmul peak (the clock samples bf16 matmuls), and the random-init rows appear."""
+    import annot.bench as bench
+
+    dtypes = []
+    real = bench._mm_operands
+    monkeypatch.setattr(bench, "_mm_operands", lambda device, n, dtype=None: dtypes.append(dtype) or real(device, n, dtype))
+    out = tmp_path / "bench.json"
+    lines = []
+    data = run_bench(model="tiny-random", n_docs=6, steps=3, batch_size=2, seq_len=64, checkpoints=2,
+                     lm_eval=False, out=out, echo=lines.append, dtype="bfloat16")
+    assert data["peak"]["dtype"] == "bfloat16" and data["params"]["train_dtype"] == "bfloat16"
+    assert set(dtypes) == {torch.bfloat16}  # the peak and every engine's step clock
+    for section in ("train", "random_init_bf16"):
+        for engine in ("annot", "trainer"):
+            x = data[section][engine]
+            assert x["tokens_per_s"] > 0 and 0 < x["mfu"] and x["steps_timed"] == 1, (section, engine)
+    assert "random init, bf16" in "\n".join(lines)
+    with pytest.raises(Exception, match="dtype"):
+        run_bench(model="tiny-random", steps=3, lm_eval=False, out=tmp_path / "x.json", echo=lambda s: None,
+                  dtype="float16")
+
+
 def test_bench_rejects_too_few_steps(tmp_path):
     from annot.errors import AnnotError
 
