@@ -739,14 +739,17 @@ def format_bench(r: dict) -> str:
              f"{fpt['per_token'] / 1e6:.2f} M = 4*{fpt['n_frozen']} + 6*{fpt['n_trainable']} + {fpt['attention']}",
              "",
              f"{f'training (steps {WARMUP_STEPS + 1}..N)':<28}{'tokens/s':>10}{'MFU':>9}{'vs best':>9}{'matmul now':>12}"]
-    sections = [("", r["train"])] + ([(" (random init, bf16)", r["random_init_bf16"])]
-                                     if r.get("random_init_bf16") else [])
-    for suffix, t in sections:
+    sections = [("pretrained weights", r["train"])] + ([("random init, same config", r["random_init_bf16"])]
+                                                       if r.get("random_init_bf16") else [])
+    ind, w = ("    ", 24) if len(sections) > 1 else ("  ", 26)
+    for name, t in sections:
+        if len(sections) > 1:
+            lines.append(f"  {name} ({p.get('train_dtype', r['peak']['dtype'])})")
         for label, key in (("annot driver", "annot"), ("transformers.Trainer", "trainer")):
             x = t[key]
-            lines.append(f"  {label + suffix:<26}{x['tokens_per_s']:>10.1f}{_pct(x['mfu']):>9}"
+            lines.append(f"{ind}{label:<{w}}{x['tokens_per_s']:>10.1f}{_pct(x['mfu']):>9}"
                          f"{_pct(x['mfu_vs_best_peak']):>9}{x['local_peak_mean'] / 1e9:>9.1f} GF")
-        lines.append(f"  {'annot / Trainer' + suffix:<26}{t['speed_ratio_raw']:>9.2f}x   (rescaled to one matmul rate "
+        lines.append(f"{ind}{'annot / Trainer':<{w}}{t['speed_ratio_raw']:>9.2f}x   (rescaled to one matmul rate "
                      f"{t['speed_ratio']:.2f}x; Trainer batches {_pct(t['trainer']['padding_share'])} padding)")
     lines.append("  MFU: against the mean matmul rate sampled around the steps; vs best: against the peak above")
     pr = r["probe"]

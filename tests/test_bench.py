@@ -117,7 +117,7 @@ def test_bench_bf16_path_runs_on_cpu(tmp_path, monkeypatch):
         for engine in ("annot", "trainer"):
             x = data[section][engine]
             assert x["tokens_per_s"] > 0 and 0 < x["mfu"] and x["steps_timed"] == 1, (section, engine)
-    assert "random init, bf16" in "\n".join(lines)
+    assert "random init, same config (bfloat16)" in "\n".join(lines)
     with pytest.raises(Exception, match="dtype"):
         run_bench(model="tiny-random", steps=3, lm_eval=False, out=tmp_path / "x.json", echo=lambda s: None,
                   dtype="float16")
