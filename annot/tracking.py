@@ -11,6 +11,9 @@ import os
 from pathlib import Path
 
 
+STEP_PREFIXES = ("train", "belief")
+
+
 class Tracker:
     def __init__(self, enabled: bool, *, project: str, name: str, group: str | None, config: dict, run_dir: Path):
         self.run = None
@@ -22,10 +25,19 @@ class Tracker:
         os.environ.setdefault("WANDB_SILENT", "true")
         self.run = wandb.init(project=project, name=name, group=group, config=config, dir=str(run_dir),
                               mode=mode, reinit="finish_previous")
+        for prefix in STEP_PREFIXES:  # each family of metrics on its own x-axis (see log)
+            self.run.define_metric(f"{prefix}/step")
+            self.run.define_metric(f"{prefix}/*", step_metric=f"{prefix}/step")
 
     def log(self, data: dict, step: int | None = None) -> None:
-        if self.run is not None:
-            self.run.log(data, step=step)
+        """Log `data` at training step `step`, as `<prefix>/step` beside each metric family rather than
+        W&B's global step: that one must only grow, and probes can come after training is done (FSDP
+        probes the saved checkpoints at the end), so their early steps would be dropped."""
+        if self.run is None:
+            return
+        if step is not None:
+            data = {**data, **{f"{k.split('/')[0]}/step": step for k in data if "/" in k}}
+        self.run.log(data)
 
     def table(self, name: str, rows: list[dict]) -> None:
         """Log rows (e.g. every probe x checkpoint) as a W&B table."""
