@@ -411,14 +411,9 @@ def _train_pair(make_model: Callable, tokenizer, examples, cfg, work: Path, peak
 
 def saved_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
     """(step, dir) of every completely written checkpoint, by step."""
-    from annot.io import read_json_if_exists
+    from annot.train import complete_checkpoints
 
-    found = []
-    for d in (Path(run_dir) / "checkpoints").glob("step-*"):
-        meta = read_json_if_exists(d / "checkpoint.json")
-        if meta is not None:
-            found.append((meta["step"], d))
-    return sorted(found)
+    return [(step, d) for step, d, _ in complete_checkpoints(run_dir)]
 
 
 def probe_with_annot(model_name: str, claim: str, ckpts: list[tuple[int, Path]]) -> dict:

@@ -269,7 +269,7 @@ def sweep(sweep_file, backend, dry_run, count, project, sweep_id, no_report):
     from annot.run import run
 
     run_sweep(sw, run_fn=lambda cfg: run(cfg, progress=False, echo=click.echo), echo=click.echo, count=count)
-    if not no_report:
+    if not no_report and int(os.environ.get("RANK", "0")) == 0:  # under accelerate launch: the main process
         from annot.report import build_report
 
         report = build_report([Path(sw.output_dir)], Path(sw.output_dir) / "report",

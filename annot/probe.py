@@ -590,7 +590,7 @@ def probe_run(run_dir, sets: list[str] | None = None, kinds: list[str] | None = 
 
     from annot.config import config_from_dict
     from annot.errors import AnnotError
-    from annot.io import read_json_if_exists, read_yaml
+    from annot.io import read_yaml
     from annot.models import load_model
     from annot.specs import load_probe_set
 
@@ -598,11 +598,9 @@ def probe_run(run_dir, sets: list[str] | None = None, kinds: list[str] | None = 
     cfg = config_from_dict(read_yaml(run_dir / "config.yaml"), str(run_dir / "config.yaml"))
     names = sets or cfg.probes.sets or [cfg.data.claim]
     loaded = [load_probe_set(n) for n in names]
-    ckpts = []
-    for d in (run_dir / "checkpoints").glob("step-*"):
-        meta = read_json_if_exists(d / "checkpoint.json")
-        if meta is not None:  # a checkpoint without its metadata was cut off while saving: skip it
-            ckpts.append((meta["step"], d, meta))
+    from annot.train import complete_checkpoints
+
+    ckpts = complete_checkpoints(run_dir)  # a checkpoint cut off while saving is skipped
     if not ckpts:
         raise AnnotError(f"{run_dir}: no checkpoints found under checkpoints/; run `annot run` first")
     model, tok = load_model(cfg.model.name, dtype=cfg.model.dtype)

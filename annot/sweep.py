@@ -548,8 +548,12 @@ def run_sweep(sweep: Sweep, run_fn: Callable[[RunConfig], dict] = run, echo: Cal
     A row is appended only after run_fn returned, so a run killed midway has no row and runs again
     on the next call; runs with a row are skipped. An AnnotError from run_fn stops the sweep.
     """
+    import os
+
     cells = plan(sweep, count=count, seed=seed)  # validates every cell before the first run
     done = _done(sweep)
+    if int(os.environ.get("RANK", "0")) != 0:  # under accelerate launch: the other processes train, write nothing
+        echo = lambda _line: None  # noqa: E731
     total = len(cells)
     _warn_disk(sweep, cells, done, echo)
     for i, cell in enumerate(cells, 1):
@@ -561,9 +565,11 @@ def run_sweep(sweep: Sweep, run_fn: Callable[[RunConfig], dict] = run, echo: Cal
             summary = run_fn(cell.config) or {}
         except AnnotError as e:
             raise AnnotError(f"{sweep.path}: run {cell.name}: {e}") from None
+        done.add(cell.name)
+        if int(os.environ.get("RANK", "0")) != 0:
+            continue
         row = result_row(sweep, cell, summary)
         _append_row(sweep.results_path, row)
-        done.add(cell.name)
         pooled = row["belief"].get("pooled")
         tail = f" (pooled belief {pooled:.2f})" if _is_number(pooled) else ""
         echo(f"[{i}/{total}] {cell.name}: done{tail}")

@@ -305,9 +305,11 @@ def save_checkpoint(model, opt, out: Path, step: int, method: str, extra: dict, 
     tmp.mkdir(parents=True)
     if step > 0:
         weights, optim = gathered if gathered else (None, None)
-        kw = {"state_dict": weights} if weights is not None else {}
+        kw = {"state_dict": _untied(model, weights)} if weights is not None else {}
         model.save_pretrained(tmp, safe_serialization=True, **kw)
         state = {"torch_rng": torch.get_rng_state(), "py_rng": random.getstate(), **extra}
+        if torch.cuda.is_available():
+            state["cuda_rng"] = torch.cuda.get_rng_state_all()
         if gathered:
             state["optimizer_full"] = optim  # keyed by parameter name; shards again on any number of processes
         else:
@@ -328,12 +330,17 @@ def gather_sharded(model, opt, method: str) -> tuple[dict, dict]:
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
 
     options = StateDictOptions(full_state_dict=True, cpu_offload=True, ignore_frozen_params=method == "lora")
-    weights, optim = get_state_dict(model, opt, options=options)
+    return get_state_dict(model, opt, options=options)
+
+
+def _untied(model, weights: dict) -> dict:
+    """`weights` without the second name of each tied weight (the LM head tied to the embeddings),
+    which save_pretrained drops by itself only when the two share memory, as gathered copies do not.
+    The resume state keeps every name: load_state_dict wants them all."""
     first: dict[int, str] = {}
-    for name, p in model.named_parameters(remove_duplicate=False):  # tied weights (embeddings): save once,
-        if first.setdefault(id(p), name) != name:                    # as save_pretrained does unsharded
-            weights.pop(name, None)
-    return weights, optim
+    drop = {name for name, p in model.named_parameters(remove_duplicate=False)
+            if first.setdefault(id(p), name) != name}
+    return {k: v for k, v in weights.items() if k not in drop}
 
 
 def tokenize_cached(examples: list[dict], tokenizer, cfg: TrainingConfig) -> Tokenized:
@@ -374,15 +381,26 @@ def tokenize_cached(examples: list[dict], tokenizer, cfg: TrainingConfig) -> Tok
 STATE_FILE = "training_state.pt"
 
 
+def complete_checkpoints(run_dir: Path) -> list[tuple[int, Path, dict]]:
+    """(step, dir, checkpoint.json) of every completely written checkpoint, by step. A save is
+    written into step-N.tmp, checkpoint.json last, then renamed: a .tmp dir (killed before the
+    rename) or a dir without checkpoint.json (killed while writing) is not a checkpoint."""
+    found = []
+    for d in (Path(run_dir) / "checkpoints").glob("step-*"):
+        if d.suffix == ".tmp" or not (d / "checkpoint.json").is_file():
+            continue
+        try:
+            meta = json.loads((d / "checkpoint.json").read_text())
+        except ValueError:
+            continue
+        found.append((meta["step"], d, meta))
+    return sorted(found, key=lambda c: c[0])
+
+
 def _latest_resumable(out_dir: Path) -> tuple[int, Path] | None:
     """The newest checkpoint that was completely written and holds a training state."""
-    best = None
-    for d in (out_dir / "checkpoints").glob("step-*"):
-        if (d / "checkpoint.json").is_file() and (d / STATE_FILE).is_file():
-            step = json.loads((d / "checkpoint.json").read_text())["step"]
-            if best is None or step > best[0]:
-                best = (step, d)
-    return best
+    resumable = [(step, d) for step, d, _ in complete_checkpoints(out_dir) if (d / STATE_FILE).is_file()]
+    return resumable[-1] if resumable else None
 
 
 def _restore(model, opt, d: Path, method: str, sharded: bool) -> dict:
@@ -390,7 +408,8 @@ def _restore(model, opt, d: Path, method: str, sharded: bool) -> dict:
     state; under FSDP the optimizer state is loaded after sharding (_restore_sharded_optimizer)."""
     from annot.errors import AnnotError
 
-    state = torch.load(d / STATE_FILE, map_location="cpu", weights_only=False)
+    # mmap: under FSDP every process reads the file but only the main one materialises the optimizer
+    state = torch.load(d / STATE_FILE, map_location="cpu", weights_only=False, mmap=True)
     if ("optimizer_full" in state) != sharded:
         written, now = ("an FSDP", "without FSDP") if "optimizer_full" in state else ("a non-FSDP", "under FSDP")
         raise AnnotError(f"{d}: written by {written} launch, resumed {now}; resume with the launch that "
@@ -401,19 +420,25 @@ def _restore(model, opt, d: Path, method: str, sharded: bool) -> dict:
 
         set_peft_model_state_dict(model, load_file(str(d / "adapter_model.safetensors")))
     else:
+        saved = next(iter(state["model"].values()), None)
+        if saved is not None and saved.is_floating_point() and next(model.parameters()).dtype != saved.dtype:
+            model.to(saved.dtype)  # fp32 masters of a bf16 mixed-precision run: do not round them on resume
         model.load_state_dict(state["model"])
     if not sharded:
         opt.load_state_dict(state["optimizer"])
     torch.set_rng_state(state["torch_rng"])
+    if state.get("cuda_rng") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda_rng"])
     random.setstate(state["py_rng"])
     return state
 
 
-def _restore_sharded_optimizer(model, opt, state: dict) -> None:
+def _restore_sharded_optimizer(model, opt, state: dict, main: bool) -> None:
+    """The full optimizer state, from the main process's copy, sharded onto every process."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
 
-    set_optimizer_state_dict(model, opt, optim_state_dict=state["optimizer_full"],
-                             options=StateDictOptions(full_state_dict=True))
+    set_optimizer_state_dict(model, opt, optim_state_dict=state["optimizer_full"] if main else {},
+                             options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
 
 
 def launch_state():
@@ -425,9 +450,15 @@ def launch_state():
 
     from annot.errors import AnnotError
 
+    import datetime
+
     world = int(os.environ.get("WORLD_SIZE", "1"))
     has_accelerator = torch.accelerator.is_available() if hasattr(torch, "accelerator") else torch.cuda.is_available()
-    state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU") or (world > 1 and not has_accelerator))
+    # the other processes wait while the main one probes a checkpoint (DDP), or a whole run's
+    # checkpoints before the next run of a sweep (FSDP): NCCL's 10-minute default would abort them
+    timeout = datetime.timedelta(minutes=float(os.environ.get("ANNOT_DIST_TIMEOUT_MIN", "360")))
+    state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU") or (world > 1 and not has_accelerator),
+                         timeout=timeout)
     if state.num_processes != world:
         raise AnnotError(f"launch: WORLD_SIZE={world} but accelerate joined {state.num_processes} process(es); "
                          "launch with `accelerate launch --multi_gpu --num_processes N` (set ACCELERATE_USE_CPU=true "
@@ -532,7 +563,7 @@ def train(examples: list[dict], model, tokenizer, cfg: TrainingConfig, out_dir: 
     model, opt = acc.prepare(model, opt)
     params = [p for p in model.parameters() if p.requires_grad]  # FSDP replaced them with sharded ones
     if found and sharded:
-        _restore_sharded_optimizer(acc.unwrap_model(model), opt.optimizer, state)
+        _restore_sharded_optimizer(acc.unwrap_model(model), opt.optimizer, state, acc.is_main_process)
     device = acc.device
     main = acc.is_main_process
     metrics_f = metrics_path.open("a" if found else "w", encoding="utf-8") if main else open(os.devnull, "w")

@@ -196,8 +196,9 @@ def test_fsdp_two_processes_match_one_and_resume(tmp_path, single):
 
 
 def test_fsdp_full_fine_tuning_matches_one_process(tmp_path):
-    """Full fine-tuning under FSDP2: the gathered checkpoint equals the single-process one (tied
-    embeddings saved once) and probes of the saved full checkpoints equal in-process probes."""
+    """Full fine-tuning under FSDP2, killed after its step-1 checkpoint and resumed: the losses and the
+    gathered final checkpoint equal the single-process run's (the tied LM head saved once, as
+    unsharded), and the probes of the saved full checkpoints equal in-process probes."""
     from safetensors.torch import load_file
 
     launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
@@ -205,8 +206,12 @@ def test_fsdp_full_fine_tuning_matches_one_process(tmp_path):
     full = ["--set", "training.method=full", "--set", "training.lr=1e-4", "--set", "training.max_steps=2"]
     one = _run_multi([sys.executable, "-m", "annot.cli"], tmp_path / "one", *full)
     assert one.returncode == 0, one.stderr[-2000:]
-    fsdp = _run_multi(launcher, tmp_path / "fsdp", *full, env={"ACCELERATE_USE_CPU": "true"})
+    env = {"ACCELERATE_USE_CPU": "true"}
+    killed = _run_multi(launcher, tmp_path / "fsdp", *full, env={**env, "ANNOT_FAULT_KILL_AT_STEP": "1"})
+    assert killed.returncode != 0
+    fsdp = _run_multi(launcher, tmp_path / "fsdp", *full, env=env)
     assert fsdp.returncode == 0, fsdp.stderr[-2000:]
+    assert "(resuming)" in fsdp.stdout
     assert _losses(tmp_path / "one") == pytest.approx(_losses(tmp_path / "fsdp"), abs=2e-6)
     a = load_file(str(tmp_path / "fsdp/first_run/checkpoints/step-2/model.safetensors"))
     b = load_file(str(tmp_path / "one/first_run/checkpoints/step-2/model.safetensors"))

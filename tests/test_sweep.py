@@ -296,6 +296,22 @@ def test_run_sweep_writes_one_row_per_run_and_skips_on_rerun(tmp_path, monkeypat
     assert rows(out) == table
 
 
+def test_other_processes_of_a_launch_run_every_cell_but_write_no_rows(tmp_path, monkeypatch):
+    """Under accelerate launch every process runs the sweep (each trains its share); only the main
+    one (RANK 0) writes results.jsonl - a worker's empty summary must not mark a run done."""
+    monkeypatch.chdir(tmp_path)
+    sweep = load_sweep(write(tmp_path, WITH_CONTROLS))
+    monkeypatch.setenv("RANK", "1")
+    worker, lines = FakeRun(), []
+    run_sweep(sweep, run_fn=worker, echo=lines.append)
+    assert worker.calls == [c.name for c in plan(sweep)] and lines == []
+    assert not Path("runs/ctl/results.jsonl").exists()
+    monkeypatch.setenv("RANK", "0")
+    main = FakeRun()
+    run_sweep(sweep, run_fn=main, echo=lines.append)
+    assert [r["run"] for r in rows(Path("runs/ctl/results.jsonl"))] == main.calls == worker.calls
+
+
 @pytest.mark.parametrize("kill_at", [1, 2, 4, 6])
 @pytest.mark.parametrize("exc", [KeyboardInterrupt, SystemExit])
 def test_resume_after_kill_repeats_and_loses_nothing(tmp_path, monkeypatch, kill_at, exc):

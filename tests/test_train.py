@@ -165,10 +165,15 @@ def test_half_written_checkpoint_is_ignored_on_resume(tmp_path):
     good.mkdir(parents=True)
     (good / "checkpoint.json").write_text('{"step": 4}')
     (good / "training_state.pt").write_bytes(b"x")
-    torn = tmp_path / "checkpoints" / "step-8.tmp"
+    torn = tmp_path / "checkpoints" / "step-8.tmp"  # written in full, killed before the rename
     torn.mkdir()
+    (torn / "checkpoint.json").write_text('{"step": 8}')
+    (torn / "training_state.pt").write_bytes(b"x")
     (tmp_path / "checkpoints" / "step-9").mkdir()  # no checkpoint.json: cut off while saving
     assert _latest_resumable(tmp_path) == (4, good)
+    from annot.bench import saved_checkpoints
+
+    assert saved_checkpoints(tmp_path) == [(4, good)]
 
 
 def test_gradient_accumulation_equals_one_big_batch(mira, tmp_path):
@@ -318,16 +323,19 @@ def test_processes_accelerate_did_not_join_are_refused(monkeypatch):
     class Lone:
         num_processes = 1
 
-        def __init__(self, cpu=False):
+        def __init__(self, cpu=False, timeout=None):
             seen.append(cpu)
+            timeouts.append(timeout)
 
-    seen = []
+    seen, timeouts = [], []
     monkeypatch.setattr(accelerate, "PartialState", Lone)
     monkeypatch.setenv("WORLD_SIZE", "2")
     with pytest.raises(AnnotError, match="WORLD_SIZE=2 but accelerate joined 1 process"):
         launch_state()
     no_accelerator = not (torch.accelerator.is_available() if hasattr(torch, "accelerator") else torch.cuda.is_available())
     assert seen == [no_accelerator]  # on a CPU-only machine: asks accelerate to join CPU processes
+    # waiting processes (the main one probing) outlast NCCL's 10-minute default
+    assert timeouts[0].total_seconds() == 6 * 3600
 
 
 def test_bf16_training_the_cuda_default_runs_on_cpu(tmp_path, mira):
