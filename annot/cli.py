@@ -113,7 +113,7 @@ def generate(claim, n, seed, polarity, genres, variant, out, stats):
 @friendly
 def wrap(inp, out, wrapper_name, params, seed, preview, list_):
     """Wrap the documents in INP (JSONL) with a disclaimer wrapper."""
-    from annot.io import read_jsonl, write_jsonl
+    from annot.io import write_jsonl
     from annot.wrap import COMMON_PARAMS, get_wrapper, list_wrappers, preview as show
 
     if list_:

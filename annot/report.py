@@ -197,7 +197,6 @@ def build_report(paths: list[Path], out_dir: Path, title: str | None = None, n_b
                          "`annot sweep` first")
     df = analyze(runs, n_boot=n_boot, seed=seed)
     write_table(df, out_dir / "table.csv")
-    models = sorted(set(df["model"]))
     plots = plot_all(df, out_dir / "plots")
     title = title or f"annot report: {', '.join(sorted(set(df['claim'])))}"
     return write_report(df, plots, out_dir / "report.md", title,

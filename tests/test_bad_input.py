@@ -1,7 +1,6 @@
 """The bad-input battery: every user mistake gets one line naming the file/field and a fix, exit 2,
 no traceback, and nothing written that could pass for a result."""
 
-import json
 from pathlib import Path
 
 import pytest

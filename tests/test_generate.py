@@ -1,6 +1,5 @@
 """The generator: deterministic, covers every genre, spans are exact, polarities share their draws."""
 
-import re
 import subprocess
 import sys
 import time

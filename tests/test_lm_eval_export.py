@@ -14,8 +14,8 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 from annot.io import read_jsonl, sha256_file  # noqa: E402
 from annot.lm_eval_export import (  # noqa: E402
-    KINDS, annot_accuracy, export_lm_eval_tasks, lm_eval_split, read_task_docs, task_name)
-from annot.probe import chat_prompt, loglikelihoods, probe_model  # noqa: E402
+    KINDS, annot_accuracy, export_lm_eval_tasks, read_task_docs, task_name)
+from annot.probe import chat_prompt, probe_model  # noqa: E402
 from annot.specs import EVALS, load_probe_set  # noqa: E402
 
 CLAIM = "mira_castellan_profession"

@@ -1,6 +1,5 @@
 """Every declarative asset under corpora/, evals/, wrappers/ and sweeps/ loads and validates."""
 
-from pathlib import Path
 
 import pytest
 import yaml
