@@ -266,10 +266,10 @@ def sweep(sweep_file, backend, dry_run, count, project, sweep_id, no_report):
     if backend == "wandb":
         run_wandb(sw, project=project, count=count, sweep_id=sweep_id, echo=click.echo)
         return
-    from annot.run import run
+    from annot.run import is_main_process, run
 
     run_sweep(sw, run_fn=lambda cfg: run(cfg, progress=False, echo=click.echo), echo=click.echo, count=count)
-    if not no_report and int(os.environ.get("RANK", "0")) == 0:  # under accelerate launch: the main process
+    if not no_report and is_main_process():
         from annot.report import build_report
 
         report = build_report([Path(sw.output_dir)], Path(sw.output_dir) / "report",
@@ -388,7 +388,9 @@ def train(wrapped, model_name, out, seed, overrides, resume, no_progress):
     examples = read_jsonl(wrapped)
     model, tok = load_model(model_name)
     res = run_train(examples, model, tok, cfg, Path(out), seed=seed, progress=not no_progress, resume=resume)
-    if int(os.environ.get("RANK", "0")) == 0:  # under accelerate launch: one line, from the main process
+    from annot.run import is_main_process
+
+    if is_main_process():  # under accelerate launch: one line, from the main process
         click.echo(f"{res.total_steps} steps, {res.tokens_seen} tokens, final loss {res.final_loss:.4f}; "
                    f"checkpoints {res.checkpoints} in {out}/checkpoints")
 

@@ -165,6 +165,12 @@ def mix_in(examples: list[dict], cfg: RunConfig) -> list[dict]:
     return examples + picked
 
 
+def is_main_process() -> bool:
+    """False in the other processes of a torchrun / `accelerate launch` job (RANK > 0): they train
+    their share and write nothing - no rows, reports or summaries."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 def run(cfg: RunConfig, *, progress: bool = True, echo: Callable[[str], None] = print, force: bool = False) -> dict:
     """Execute one run (resuming an interrupted one); returns the summary.
 
@@ -333,7 +339,8 @@ def _run_main(cfg: RunConfig, subject, sets, wrapper_params: dict, progress: boo
     summary = {"run": cfg.name, "model": cfg.model.name, "claim": cfg.data.claim, "behavior": cfg.data.behavior,
                "wrapper": wrapper.name, "wrapper_params": wrapper_params, "seed": cfg.seed,
                "total_steps": result.total_steps, "checkpoints": result.checkpoints,
-               "tokens_seen": result.tokens_seen, "processes": result.processes, "final_loss": metrics[-1]["loss"] if metrics else None,
+               "tokens_seen": result.tokens_seen, "processes": result.processes,
+               "final_loss": metrics[-1]["loss"] if metrics else None,
                "belief_rates": {str(k): v for k, v in rates.items()},
                "coherence_perplexity": {str(k): v for k, v in sorted(coherence.items())}}
     write_json(run_dir / "summary.json", summary)
@@ -350,25 +357,25 @@ def _run_main(cfg: RunConfig, subject, sets, wrapper_params: dict, progress: boo
 
 def probe_saved_checkpoints(cfg: RunConfig, run_dir: Path, steps: list[int], done: set[int],
                             probe_checkpoint: Callable[[int, object], None]) -> None:
-    """Probe checkpoints from disk with one unsharded copy of the model (base loaded once, adapters
-    swapped in), skipping steps already probed before an interruption."""
+    """Probe the saved checkpoints of `steps` not in `done` (probed before an interruption) with an
+    unsharded model: the base loaded once, LoRA adapters swapped in (a full fine-tune's checkpoint is
+    loaded beside the base, one at a time)."""
     import gc
 
     import torch
 
     from annot.models import load_model
     from annot.probe import CheckpointSwitch
+    from annot.train import complete_checkpoints
 
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
     switch = CheckpointSwitch(load_model(cfg.model.name, dtype=cfg.model.dtype)[0], cfg.model.dtype)
-    for step in steps:
-        if step in done:
-            continue
-        d = run_dir / "checkpoints" / f"step-{step}"
-        with switch.switch(step, d, json.loads((d / "checkpoint.json").read_text())) as m:
-            probe_checkpoint(step, m)
+    for step, d, meta in complete_checkpoints(run_dir):
+        if step in steps and step not in done:
+            with switch.switch(step, d, meta) as m:
+                probe_checkpoint(step, m)
 
 
 def previous_coherence(run_dir: Path) -> dict[int, float]:

@@ -42,7 +42,7 @@ from typing import Any, Callable
 from annot.config import RunConfig, apply_overrides, config_from_dict
 from annot.errors import AnnotError
 from annot.io import atomic_write_text, dumps_jsonl, read_jsonl, read_yaml
-from annot.run import check_inputs, run
+from annot.run import check_inputs, is_main_process, run
 from annot.specs import ROOT
 
 # Top-level keys: the W&B sweep keys annot understands, then annot's own (dropped for W&B).
@@ -548,11 +548,10 @@ def run_sweep(sweep: Sweep, run_fn: Callable[[RunConfig], dict] = run, echo: Cal
     A row is appended only after run_fn returned, so a run killed midway has no row and runs again
     on the next call; runs with a row are skipped. An AnnotError from run_fn stops the sweep.
     """
-    import os
-
     cells = plan(sweep, count=count, seed=seed)  # validates every cell before the first run
     done = _done(sweep)
-    if int(os.environ.get("RANK", "0")) != 0:  # under accelerate launch: the other processes train, write nothing
+    main = is_main_process()  # under accelerate launch the other processes train their share, write nothing
+    if not main:
         echo = lambda _line: None  # noqa: E731
     total = len(cells)
     _warn_disk(sweep, cells, done, echo)
@@ -566,7 +565,7 @@ def run_sweep(sweep: Sweep, run_fn: Callable[[RunConfig], dict] = run, echo: Cal
         except AnnotError as e:
             raise AnnotError(f"{sweep.path}: run {cell.name}: {e}") from None
         done.add(cell.name)
-        if int(os.environ.get("RANK", "0")) != 0:
+        if not main:
             continue
         row = result_row(sweep, cell, summary)
         _append_row(sweep.results_path, row)

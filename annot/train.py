@@ -315,7 +315,7 @@ def save_checkpoint(model, opt, out: Path, step: int, method: str, extra: dict, 
         else:
             state["optimizer"] = opt.state_dict()
         if method == "full":
-            state["model"] = dict(weights) if weights is not None else {k: v for k, v in model.state_dict().items()}
+            state["model"] = dict(weights if weights is not None else model.state_dict())
         torch.save(state, tmp / STATE_FILE)
     write_json(tmp / "checkpoint.json", {"step": step, "method": method, "base": step == 0})
     shutil.rmtree(d, ignore_errors=True)
@@ -445,12 +445,12 @@ def launch_state():
     """accelerate's view of this launch, with every process of a torchrun / `accelerate launch` job
     joined. On a machine without an accelerator accelerate only joins processes when asked for CPU
     (ACCELERATE_USE_CPU); otherwise each would believe it is alone and all would write the same run."""
+    import datetime
+
     from accelerate import PartialState
     from accelerate.utils import parse_flag_from_env
 
     from annot.errors import AnnotError
-
-    import datetime
 
     world = int(os.environ.get("WORLD_SIZE", "1"))
     has_accelerator = torch.accelerator.is_available() if hasattr(torch, "accelerator") else torch.cuda.is_available()
