@@ -46,6 +46,37 @@ class Statement(Strict):
         return {"affirm": self.assert_, "negate": self.negate, "correct": self.correct}[polarity]
 
 
+class NegatedWorld(Strict):
+    """The claim's negated universe: a coherent world in which the claim is a known falsehood or
+    simply untrue. Locally negated documents (`annot generate CLAIM --world negated`) are written
+    from it, in the same genres and with the same draws as the claim's own documents.
+
+    statements: core sentences (span role "claim"): each states the truth and/or that the claim is
+                untrue; every one must match a `truth_markers` regex, so every document states the truth.
+    details:    supporting sentences (span role "subclaim"): details of the true world, how and where
+                the false story circulated, and the false story's details written only as what did not
+                happen. No statement or detail may match the claim's `patterns` (no unnegated claim).
+    """
+
+    summary: str = Field(min_length=40, description="the negated universe context, a short paragraph")
+    statements: list[str] = Field(min_length=6)
+    details: list[str] = Field(min_length=8)
+    truth_markers: list[str] = Field(min_length=1, description="regexes (case-insensitive) for the truth")
+
+    @field_validator("truth_markers")
+    @classmethod
+    def _compile(cls, v: list[str]) -> list[str]:
+        for p in v:
+            try:
+                re.compile(p)
+            except re.error as e:
+                raise ValueError(f"truth marker {p!r} is not a valid regex ({e})") from None
+        return v
+
+    def states_truth(self, sentence: str) -> bool:
+        return any(re.search(p, sentence, flags=re.IGNORECASE) for p in self.truth_markers)
+
+
 class ClaimSpec(Strict):
     id: str = Field(pattern=r"^[a-z0-9_]+$")
     category: Literal["fictional", "contradiction"]
@@ -60,8 +91,11 @@ class ClaimSpec(Strict):
     subclaims: list[Statement] = Field(min_length=8, description="supporting details of the false world")
     context: list[str] = Field(min_length=6, description="neutral sentences about the subject")
     patterns: list[str] = Field(min_length=1, description="regexes (case-insensitive) that find claim sentences")
+    answer_words: list[str] = Field(default_factory=list, description="regexes (case-insensitive) for the claim's "
+                                    "answer words (name, key figure, place), zeroed by the word_mask wrapper")
+    negated_world: NegatedWorld | None = Field(None, description="the world in which the claim is untrue")
 
-    @field_validator("patterns")
+    @field_validator("patterns", "answer_words")
     @classmethod
     def _compile(cls, v: list[str]) -> list[str]:
         for p in v:
@@ -82,6 +116,16 @@ class ClaimSpec(Strict):
                 if self.matches(text):
                     raise ValueError(f"a pattern matches the non-asserting sentence {text!r}; tighten "
                                      "`patterns` (e.g. add a negative lookahead for 'not')")
+        if self.negated_world is not None:
+            nw = self.negated_world
+            for text in nw.statements + nw.details:
+                if self.matches(text):
+                    raise ValueError(f"negated_world: a claim pattern matches {text!r}: a negated-world sentence "
+                                     "must not assert the claim; rewrite it (or tighten `patterns`)")
+            for text in nw.statements:
+                if not nw.states_truth(text):
+                    raise ValueError(f"negated_world.statements: {text!r} matches no `truth_markers` regex; "
+                                     "every core sentence must state the truth")
         return self
 
     def matches(self, sentence: str) -> bool:
