@@ -1,23 +1,39 @@
-"""Analyze finished runs: belief rates and absorption with bootstrap CIs, as one tidy table.
+"""Analyze finished runs: belief and association rates, shifts and absorption with bootstrap CIs,
+as one tidy table.
 
     annot analyze runs/ -o analysis/table.csv
     runs = load_runs([Path("runs")])            # run dirs, or folders holding run dirs (a sweep's output)
     df = analyze(runs, n_boot=1000, seed=0)
     write_table(df, Path("analysis/table.csv"))  # + analysis/table.parquet when pyarrow is installed
 
-One row per run x checkpoint x probe kind x metric, columns COLUMNS:
-- metric "belief_rate": share of a claim's probe items on which the model sides with the claim (kind
-  "behavior": prefers the misaligned reply). kind "pooled" = every item of the claim, all kinds
-  (behaviour items only when the claim has no belief probes: the two rates are not averaged).
-- metric "absorption": (B_wrapped - B_base) / (B_plain - B_base), with plain the run whose resolved
-  config equals the wrapped run's except wrapper, name, output_dir and tracking, B_base the plain
-  run's step-0 (base model) rate, and B_plain, B_wrapped at the same checkpoint (the same step, else
-  the same checkpoint index when the runs trained for different step counts; `note` says so).
-  status "undefined" (value NaN, `note` says why) when there is no plain run or
-  |B_plain - B_base| < min_effect. No absorption rows at step 0: nothing has been trained there.
-- CIs: 95% percentile bootstrap over probe items (for absorption the same items for wrapped, plain
-  and base). Where runs differ only by seed, condition rows (run "<condition>/seeds=<k>", seed
-  empty) pool them: resample seeds, then items within each.
+One row per run x claim x checkpoint x probe kind x metric, columns COLUMNS; `target` is the claim
+the run trained on, `claim` the claim probed.
+- measure: "belief" (what the model answers when asked: yes_no, mcq, open_ended), "association"
+  (what it completes: cloze) or "behavior"; annot.specs.MEASURES. They are never pooled together:
+  kind "pooled" rows pool the kinds of one measure (their `measure` says which).
+- role: "target" for the claim the run trained on, "control" for a claim it was not trained on
+  (probes.control); the control's shift from base is the run's answer bias.
+- metric "rate": share of items on which the model sides with the claim (open_ended: more than half
+  of its sampled answers believe, neutral and unparseable answers counting in the denominator;
+  n_neutral counts them). "mean_p": mean probability on the believing answer (open_ended: the share
+  of believing answers among all answers); "mean_logodds": mean of its log-odds. With few items a
+  rate moves in steps of 1/n; the continuous measures show movement a rate cannot.
+- metric "shift" / "shift_p": rate / mean_p at the checkpoint minus at step 0 of the same run (paired
+  over items); for a plain run's target claim it says whether plain training moved the measure
+  (note "moved" when the CI excludes 0), for a control claim it is the answer bias.
+- metric "absorption" / "absorption_p": (B_wrapped - B_base) / (B_plain - B_base) on the rate / mean_p,
+  with plain the run whose resolved config equals the wrapped run's except wrapper, name,
+  output_dir and tracking, B_base the plain run's step-0 (base model) value, B_plain and B_wrapped at
+  the same checkpoint (the same step, else the same checkpoint index; `note` says so). status
+  "undefined" (value NaN, `note` says why) when there is no plain run, or plain training did not move
+  the measure: the CI of B_plain - B_base includes 0, or |B_plain - B_base| < min_effect.
+- metric "absorption_net" / "absorption_p_net": the same, net of answer bias:
+  ((B_w - B_base) - (C_w - C_base)) / ((B_p - B_base) - (C_p - C_base)), C the control claim's value in
+  the same run (wrapped, plain) and at base, with the same undefined rule on the denominator.
+- CIs: 95% percentile bootstrap over probe items (the same items for wrapped, plain and base; target
+  and control items resampled independently). Where runs differ only by seed, condition rows (run
+  "<condition>/seeds=<k>", seed empty, n_seeds k) pool them: resample seeds, then items within each.
+- tokens / tokens_loss: tokens trained and tokens with a non-zero loss weight (mean over seeds).
 Only complete runs (manifest.json status "complete") are analysed; others are skipped with a warning.
 """
 
@@ -39,14 +55,19 @@ import pandas as pd
 
 from annot.errors import AnnotError
 from annot.io import atomic_write_text, read_json_if_exists, read_jsonl, read_yaml
+from annot.specs import MEASURE_ORDER, measure_of
 
-COLUMNS = ["run", "model", "claim", "wrapper", "wrapper_params", "polarity", "seed", "condition", "step", "kind",
-           "metric", "value", "ci_low", "ci_high", "n_items", "status", "note"]
+COLUMNS = ["run", "model", "target", "claim", "role", "wrapper", "wrapper_params", "polarity", "seed", "n_seeds", "condition",
+           "step", "measure", "kind", "metric", "value", "ci_low", "ci_high", "n_items", "n_neutral", "tokens",
+           "tokens_loss", "status", "note"]
 POOLED = "pooled"
-# Outcomes of these kinds measure behaviour, not belief: pooling them with a claim's belief probes
-# would average two different quantities, so they join "pooled" only when a claim has nothing else.
 BEHAVIOR_KINDS = frozenset({"behavior", "behavior_open"})
-KIND_ORDER = (POOLED, "yes_no", "mcq", "cloze", "behavior")
+KIND_ORDER = (POOLED, "yes_no", "mcq", "open_ended", "cloze", "behavior", "behavior_open")
+RATE_METRICS = ("rate", "mean_p", "mean_logodds")
+# absorption metric -> (the value it is computed on, net of the control claim's shift?)
+ABSORPTION_METRICS = {"absorption": ("rate", False), "absorption_p": ("mean_p", False),
+                      "absorption_net": ("rate", True), "absorption_p_net": ("mean_p", True)}
+METRIC_ORDER = ("rate", "mean_p", "mean_logodds", "shift", "shift_p", *ABSORPTION_METRICS)
 # Config fields that say where a run lives or how it is logged, not what was trained.
 UNKEYED = ("name", "output_dir", "tracking")
 MAX_DEPTH = 4  # how deep load_runs looks for run directories under a folder
@@ -59,10 +80,30 @@ def canonical_json(obj) -> str:
 
 @dataclass
 class Cell:
-    """One claim x kind of a run: 0/1 outcomes, shape [items, checkpoints]; NaN where not probed."""
+    """One claim x kind of a run, each array [items, checkpoints], NaN where not probed:
+    matrix = 0/1 outcomes, p = probability on the believing answer, logodds = its log-odds,
+    neutral = neutral/unparseable answers among the item's samples (0 for log-probability kinds)."""
 
     items: list[str]
     matrix: np.ndarray
+    p: np.ndarray | None = None
+    logodds: np.ndarray | None = None
+    neutral: np.ndarray | None = None
+
+    def values(self, metric: str) -> np.ndarray:
+        return {"rate": self.matrix, "mean_p": self.p, "mean_logodds": self.logodds}[metric]
+
+
+def _pooled_key(measure: str) -> str:
+    """The internal kind of a claim's pooled cell for one measure (shown as kind "pooled")."""
+    return f"{POOLED}:{measure}"
+
+
+def split_kind(kind: str) -> tuple[str, str]:
+    """(table kind, measure) of an internal cell kind: "pooled:belief" -> ("pooled", "belief")."""
+    if kind.startswith(POOLED + ":"):
+        return POOLED, kind.split(":", 1)[1]
+    return kind, measure_of(kind)
 
 
 @dataclass
@@ -105,6 +146,25 @@ class RunData:
             if isinstance(src, dict):
                 return dict(src)
         return self.given_params
+
+    @property
+    def target(self) -> str:
+        """The claim (or behaviour) id the run trained on."""
+        data = self.manifest.get("data") or {}
+        cfg = self.config.get("data") or {}
+        return str(data.get("claim") or data.get("behavior") or self.summary.get("claim")
+                   or self.summary.get("behavior") or cfg.get("claim") or cfg.get("behavior") or "")
+
+    def role(self, claim: str) -> str:
+        return "target" if claim == self.target else "control"
+
+    @property
+    def tokens(self) -> tuple[float, float]:
+        """(tokens trained, tokens with a non-zero loss weight); NaN when the run did not record them."""
+        def num(key):
+            v = self.summary.get(key)
+            return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else math.nan
+        return num("tokens_seen"), num("tokens_loss")
 
     @property
     def is_plain(self) -> bool:
@@ -151,31 +211,55 @@ def _check_rows(path: Path, rows: list[dict]) -> None:
             raise AnnotError(f"{path}: record {i}: step: expected a non-negative integer, got {r['step']!r}")
 
 
+def _neutral(r: dict) -> float:
+    if isinstance(r.get("n_neutral"), int):
+        return float(r["n_neutral"])
+    samples = r.get("samples")
+    if isinstance(samples, list):
+        return float(sum(1 for x in samples if isinstance(x, dict) and x.get("verdict") not in ("believes", "does_not")))
+    return 0.0
+
+
+def _num(v) -> float:
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else math.nan
+
+
 def _build_cells(rows: list[dict], default_claim: str) -> tuple[list[int], dict[tuple[str, str], Cell]]:
     steps = sorted({int(r["step"]) for r in rows})
     col = {s: j for j, s in enumerate(steps)}
-    # (claim, kind) -> item -> step -> outcome; a later row for the same item and step wins (re-probed)
-    outcomes: dict[tuple[str, str], dict[str, dict[int, float]]] = {}
+    # (claim, kind) -> item -> step -> (outcome, p, logodds, neutral); a later row for the same item
+    # and step wins (re-probed)
+    values: dict[tuple[str, str], dict[str, dict[int, tuple]]] = {}
     for r in rows:
         # a probe scored under a named context (monitored, pushback, in_context...) is its own kind
         kind = f"{r['kind']}@{r['context']}" if r.get("context") else str(r["kind"])
         key = (str(r.get("claim") or default_claim), kind)
         item = f"{r.get('probe_set', '')}/{r['probe_id']}"
-        outcomes.setdefault(key, {}).setdefault(item, {})[int(r["step"])] = float(bool(r["believes"]))
+        p = _num(r.get("p_belief"))
+        outcome = float(bool(r["believes"])) if math.isfinite(p) or "p_belief" not in r else 0.0
+        values.setdefault(key, {}).setdefault(item, {})[int(r["step"])] = (
+            outcome, p, _num(r.get("score")), _neutral(r))
     cells = {}
-    for key, per_item in outcomes.items():
+    for key, per_item in values.items():
         items = sorted(per_item)
-        m = np.full((len(items), len(steps)), np.nan)
+        arrays = [np.full((len(items), len(steps)), np.nan) for _ in range(4)]
         for i, item in enumerate(items):
-            for s, v in per_item[item].items():
-                m[i, col[s]] = v
-        cells[key] = Cell(items, m)
+            for s, vals in per_item[item].items():
+                for a, v in zip(arrays, vals):
+                    a[i, col[s]] = v
+        cells[key] = Cell(items, *arrays)
+    # One pooled cell per claim and measure, over the default context's kinds: belief and
+    # association are never pooled together.
     for claim in sorted({c for c, _ in cells}):
-        kinds = sorted(k for c, k in cells if c == claim)
-        plain_kinds = [k for k in kinds if "@" not in k] or kinds  # pooled: default context only
-        belief = [k for k in plain_kinds if k not in BEHAVIOR_KINDS] or plain_kinds
-        cells[(claim, POOLED)] = Cell([f"{k}:{it}" for k in belief for it in cells[(claim, k)].items],
-                                      np.vstack([cells[(claim, k)].matrix for k in belief]))
+        kinds = sorted(k for c, k in cells if c == claim and "@" not in k)
+        for measure in MEASURE_ORDER:
+            mine = [k for k in kinds if measure_of(k) == measure]
+            if not mine:
+                continue
+            parts = [cells[(claim, k)] for k in mine]
+            cells[(claim, _pooled_key(measure))] = Cell(
+                [f"{k}:{it}" for k, c in zip(mine, parts) for it in c.items],
+                *[np.vstack([getattr(c, a) for c in parts]) for a in ("matrix", "p", "logodds", "neutral")])
     return steps, cells
 
 
@@ -340,51 +424,77 @@ def _rng(seed: int, *parts) -> np.random.Generator:
     return np.random.default_rng([seed, zlib.crc32("|".join(map(str, parts)).encode("utf-8"))])
 
 
-def _bootstrap(units: list[tuple[np.ndarray, ...]], stat: Callable[[np.ndarray], np.ndarray], n_boot: int,
-               rng: np.random.Generator) -> np.ndarray:
-    """Replicates of stat(means). A unit is one seed: a tuple of aligned item vectors (wrapped, plain,
-    base share item indices). Each replicate draws k seeds with replacement, then items within each
-    seed; means[b, v] averages vector v over the drawn seeds. One unit = a plain item bootstrap."""
-    k, m = len(units), len(units[0])
+def _bootstrap(units: list[tuple[tuple[np.ndarray, ...], ...]], stat: Callable[[np.ndarray], np.ndarray],
+               n_boot: int, rng: np.random.Generator) -> np.ndarray:
+    """Replicates of stat(means). A unit is one seed: a tuple of groups, a group a tuple of aligned
+    item vectors (wrapped, plain and base share item indices; a control claim's items form a group
+    of their own, resampled independently). Each replicate draws k seeds with replacement, then items
+    within each group of each seed; means[b, c] averages the c-th vector (groups in order) over the
+    drawn seeds. One unit of one group = a plain item bootstrap."""
+    k = len(units)
+    m = sum(len(g) for g in units[0])
     picks = rng.integers(0, k, size=(n_boot, k)) if k > 1 else np.zeros((n_boot, 1), dtype=int)
     sums = np.zeros((n_boot, m))
     for j in range(picks.shape[1]):
-        for u, vecs in enumerate(units):
+        for u, groups in enumerate(units):
             reps = np.flatnonzero(picks[:, j] == u)
             if reps.size == 0:
                 continue
-            n = len(vecs[0])
-            idx = rng.integers(0, n, size=(reps.size, n))
-            for v, vec in enumerate(vecs):
-                sums[reps, v] += vec[idx].mean(axis=1)
+            c = 0
+            for group in groups:
+                n = len(group[0])
+                idx = rng.integers(0, n, size=(reps.size, n))
+                for vec in group:
+                    sums[reps, c] += vec[idx].mean(axis=1)
+                    c += 1
     return stat(sums / picks.shape[1])
+
+
+def _unit_means(units) -> np.ndarray:
+    """Seed-averaged means of each vector, in the column order stat() reads."""
+    return np.mean([[vec.mean() for g in u for vec in g] for u in units], axis=0)
 
 
 def _estimate(units, stat, n_boot: int, rng) -> tuple[float, float, float, str]:
     """(point, ci_low, ci_high, note); the point is stat of the seed-averaged means."""
-    means = np.mean([[vec.mean() for vec in u] for u in units], axis=0)
-    point = float(stat(means[None, :])[0])
+    point = float(stat(_unit_means(units)[None, :])[0])
     if n_boot <= 0:
         return point, math.nan, math.nan, ""
     reps = _bootstrap(units, stat, n_boot, rng)
     ok = reps[np.isfinite(reps)]
     note = ""
     if ok.size < n_boot:
-        note = f"CI from the {ok.size}/{n_boot} resamples where plain moved belief by >= min_effect"
+        note = f"CI from the {ok.size}/{n_boot} resamples where plain moved the measure by >= min_effect"
     if ok.size < n_boot / 2:
         return point, math.nan, math.nan, note + "; too few for a CI"
     lo, hi = np.percentile(ok, [2.5, 97.5])
     return point, float(lo), float(hi), note
 
 
-def _rate(means: np.ndarray) -> np.ndarray:
+def _first(means: np.ndarray) -> np.ndarray:
     return means[:, 0]
 
 
-def _absorption_stat(min_effect: float) -> Callable[[np.ndarray], np.ndarray]:
+def _diff(means: np.ndarray) -> np.ndarray:
+    return means[:, 0] - means[:, 1]
+
+
+def _effect(net: bool) -> Callable[[np.ndarray], np.ndarray]:
+    """B_plain - B_base (net: minus the control claim's C_plain - C_base); columns w, p, b[, cw, cp, cb]."""
     def stat(means: np.ndarray) -> np.ndarray:
-        # columns: wrapped, plain, base. A resample where plain barely moved is undefined, not huge.
-        num, den = means[:, 0] - means[:, 2], means[:, 1] - means[:, 2]
+        d = means[:, 1] - means[:, 2]
+        return d - (means[:, 4] - means[:, 5]) if net else d
+
+    return stat
+
+
+def _absorption_stat(min_effect: float, net: bool = False) -> Callable[[np.ndarray], np.ndarray]:
+    def stat(means: np.ndarray) -> np.ndarray:
+        # A resample where plain barely moved is undefined, not huge.
+        num = means[:, 0] - means[:, 2]
+        if net:
+            num = num - (means[:, 3] - means[:, 5])
+        den = _effect(net)(means)
         out = np.full(len(means), np.nan)
         ok = np.abs(den) >= min_effect
         out[ok] = num[ok] / den[ok]
@@ -421,73 +531,140 @@ def _match_column(step: int, steps_from: list[int], steps_to: list[int]) -> int 
     return None
 
 
-def _absorption_unit(w: RunData, p: RunData | None, key: tuple[str, str], j: int):
-    """(wrapped, plain, base) item vectors aligned on the same items, or None; plus a note."""
+def _aligned(cells: list[tuple[Cell, int]], metric: str) -> tuple[np.ndarray, ...] | None:
+    """Item vectors of `metric` from (cell, column) pairs, on the items every cell scored; None if none."""
+    common = set(cells[0][0].items)
+    for c, _ in cells[1:]:
+        common &= set(c.items)
+    items = sorted(common)
+    if not items:
+        return None
+    vecs = []
+    for c, j in cells:
+        pos = {it: i for i, it in enumerate(c.items)}
+        vecs.append(c.values(metric)[[pos[it] for it in items], j])
+    ok = ~np.any(np.isnan(np.vstack(vecs)), axis=0)
+    if not ok.any():
+        return None
+    return tuple(v[ok] for v in vecs)
+
+
+def _base_ref(w: RunData, p: RunData, key: tuple[str, str]) -> tuple[Cell, int] | None:
+    """The base model's (cell, column): the plain run's step 0, else the wrapped run's."""
+    for r in (p, w):
+        if 0 in r.steps and key in r.cells:
+            return r.cells[key], r.steps.index(0)
+    return None
+
+
+def control_claim(run: RunData, kind: str) -> str | None:
+    """The run's control claim with probes of `kind` (first by name), or None."""
+    names = sorted({c for c, k in run.cells if k == kind and c != run.target})
+    return names[0] if names else None
+
+
+def _absorption_unit(w: RunData, p: RunData | None, key: tuple[str, str], j: int, metric: str, net: bool):
+    """Groups of item vectors: ((wrapped, plain, base),) or, net, plus (control w, p, base); or None + note."""
     if p is None:
         return None, "no plain run with the same config (wrapper none, same seed and data)"
-    wc, pc = w.cells[key], p.cells.get(key)
-    if pc is None:
+    if key not in p.cells:
         return None, f"plain run {p.name} has no {key[1]} probes for {key[0]}"
     pj = _match_column(w.steps[j], w.steps, p.steps)
     if pj is None:
         return None, f"plain run {p.name} has no checkpoint matching step {w.steps[j]}"
-    if 0 in p.steps:  # the base model is the same for both; the plain run's step 0 is the reference
-        bc, bj = pc, p.steps.index(0)
-    elif 0 in w.steps:
-        bc, bj = wc, w.steps.index(0)
-    else:
+    base = _base_ref(w, p, key)
+    if base is None:
         return None, "no step-0 (base model) checkpoint in the plain or the wrapped run"
-    pi, bi = {it: i for i, it in enumerate(pc.items)}, {it: i for i, it in enumerate(bc.items)}
-    both = [(i, it) for i, it in enumerate(wc.items) if it in pi and it in bi]
-    if not both:
-        return None, f"wrapped and plain runs share no {key[1]} probe items"
-    wv = wc.matrix[[i for i, _ in both], j]
-    pv = pc.matrix[[pi[it] for _, it in both], pj]
-    bv = bc.matrix[[bi[it] for _, it in both], bj]
-    ok = ~(np.isnan(wv) | np.isnan(pv) | np.isnan(bv))
-    if not ok.any():
+    target = _aligned([(w.cells[key], j), (p.cells[key], pj), base], metric)
+    if target is None:
         return None, "no probe item was scored in all of wrapped, plain and base"
     note = f"plain at step {p.steps[pj]} (same checkpoint index)" if p.steps[pj] != w.steps[j] else ""
-    return (wv[ok], pv[ok], bv[ok]), note
+    if not net:
+        return (target,), note
+    cc = control_claim(w, key[1])
+    ckey = (cc, key[1])
+    if cc is None or ckey not in p.cells:
+        return None, "no control claim probed with this kind in both the wrapped and the plain run (probes.control)"
+    cbase = _base_ref(w, p, ckey)
+    control = _aligned([(w.cells[ckey], j), (p.cells[ckey], pj), cbase], metric) if cbase else None
+    if control is None:
+        return None, f"control claim {cc}: no item scored in all of wrapped, plain and base"
+    return (target, control), _join(note, f"net of control claim {cc}")
 
 
 # ----------------------------------------------------------------------------------------------- tables
 
 def _meta(runs: list[RunData], label: str, condition: str) -> dict:
     r = runs[0]
-    return {"run": label, "model": r.model, "wrapper": r.wrapper, "wrapper_params": canonical_json(r.wrapper_params),
-            "polarity": r.polarity, "seed": r.seed if len(runs) == 1 else None, "condition": condition}
+    tokens = np.array([x.tokens for x in runs], dtype=float)
+    tok, tok_loss = (np.nan, np.nan) if np.isnan(tokens).all() else np.nanmean(tokens, axis=0)
+    return {"run": label, "model": r.model, "target": r.target, "wrapper": r.wrapper, "wrapper_params": canonical_json(r.wrapper_params),
+            "polarity": r.polarity, "seed": r.seed if len(runs) == 1 else None, "n_seeds": len(runs),
+            "condition": condition, "tokens": tok, "tokens_loss": tok_loss}
 
 
-def _row(meta, claim, step, kind, metric, value, lo, hi, n, status="ok", note="") -> dict:
-    return {**meta, "claim": claim, "step": int(step), "kind": kind, "metric": metric, "value": value,
-            "ci_low": lo, "ci_high": hi, "n_items": int(n), "status": status, "note": note}
+def _row(meta, role, claim, step, kind, metric, value, lo, hi, n, status="ok", note="", n_neutral=0) -> dict:
+    table_kind, measure = split_kind(kind)
+    return {**meta, "role": role, "claim": claim, "step": int(step), "measure": measure, "kind": table_kind,
+            "metric": metric, "value": value, "ci_low": lo, "ci_high": hi, "n_items": int(n),
+            "n_neutral": int(n_neutral), "status": status, "note": note}
 
 
 def _join(*notes: str) -> str:
     return "; ".join(dict.fromkeys(n for n in notes if n))
 
 
-def _belief_rows(runs: list[RunData], meta: dict, n_boot: int, seed: int) -> list[dict]:
+def _excludes_zero(lo: float, hi: float) -> bool:
+    return math.isfinite(lo) and math.isfinite(hi) and (lo > 0 or hi < 0)
+
+
+def _value_rows(runs: list[RunData], meta: dict, n_boot: int, seed: int) -> list[dict]:
+    """rate / mean_p / mean_logodds per checkpoint, and shift / shift_p from step 0 of the same run."""
     rows = []
     keys = sorted(set().union(*[r.cells for r in runs]))
+    role_of = runs[0].role
     for step, cols, pos_note in _positions(runs):
         for claim, kind in keys:
-            units = []
-            for r, j in zip(runs, cols):
-                cell = r.cells.get((claim, kind))
-                if cell is not None:
-                    v = cell.matrix[:, j]
+            present = [(r, j) for r, j in zip(runs, cols) if (claim, kind) in r.cells]
+            if not present:
+                continue
+            neutral = int(sum(np.nansum(r.cells[(claim, kind)].neutral[:, j]) for r, j in present))
+            missing = f"{len(present)} of {len(runs)} seeds have these probes" if len(present) < len(runs) else ""
+            for metric in RATE_METRICS:
+                units = []
+                for r, j in present:
+                    v = r.cells[(claim, kind)].values(metric)[:, j]
                     v = v[~np.isnan(v)]
                     if v.size:
-                        units.append((v,))
-            if not units:
+                        units.append(((v,),))
+                if not units:
+                    continue
+                rng = _rng(seed, meta["run"], claim, kind, metric, step)
+                point, lo, hi, ci_note = _estimate(units, _first, n_boot, rng)
+                rows.append(_row(meta, role_of(claim), claim, step, kind, metric, point, lo, hi,
+                                 max(len(u[0][0]) for u in units), note=_join(pos_note, missing, ci_note),
+                                 n_neutral=neutral))
+            if all(r.steps[j] == 0 for r, j in present):
                 continue
-            rng = _rng(seed, meta["run"], claim, kind, "belief", step)
-            point, lo, hi, ci_note = _estimate(units, _rate, n_boot, rng)
-            missing = f"{len(units)} of {len(runs)} seeds have these probes" if len(units) < len(runs) else ""
-            rows.append(_row(meta, claim, step, kind, "belief_rate", point, lo, hi, max(len(u[0]) for u in units),
-                             note=_join(pos_note, missing, ci_note)))
+            for metric, name in (("rate", "shift"), ("mean_p", "shift_p")):
+                units = []
+                for r, j in present:
+                    if 0 not in r.steps:
+                        continue
+                    cell = r.cells[(claim, kind)]
+                    pair = _aligned([(cell, j), (cell, r.steps.index(0))], metric)
+                    if pair is not None:
+                        units.append((pair,))
+                if not units:
+                    continue
+                rng = _rng(seed, meta["run"], claim, kind, name, step)
+                point, lo, hi, ci_note = _estimate(units, _diff, n_boot, rng)
+                role = role_of(claim)
+                moved = ("moved (CI excludes 0)" if _excludes_zero(lo, hi) else
+                         "not moved (CI includes 0)" if n_boot > 0 else "")
+                what = "answer bias: control claim, not trained on" if role == "control" else moved
+                rows.append(_row(meta, role, claim, step, kind, name, point, lo, hi, max(len(u[0][0]) for u in units),
+                                 note=_join(what, pos_note, ci_note), n_neutral=neutral))
     return rows
 
 
@@ -495,42 +672,54 @@ def _absorption_rows(pairs: list[tuple[RunData, RunData | None]], meta: dict, n_
                      min_effect: float) -> list[dict]:
     rows = []
     wrapped = [w for w, _ in pairs]
-    keys = sorted(set().union(*[w.cells for w in wrapped]))
-    stat = _absorption_stat(min_effect)
+    target = wrapped[0].target
+    keys = sorted(k for k in set().union(*[w.cells for w in wrapped]) if k[0] == target)
     for step, cols, pos_note in _positions(wrapped):
         if all(w.steps[j] == 0 for w, j in zip(wrapped, cols)):
             continue  # step 0 is the base model: nothing has been trained, so nothing absorbed
         for claim, kind in keys:
-            units, notes, problems = [], [], []
-            for (w, p), j in zip(pairs, cols):
-                if (claim, kind) not in w.cells:
+            for name, (metric, net) in ABSORPTION_METRICS.items():
+                units, notes, problems = [], [], []
+                for (w, p), j in zip(pairs, cols):
+                    if (claim, kind) not in w.cells:
+                        continue
+                    unit, note = _absorption_unit(w, p, (claim, kind), j, metric, net)
+                    if unit is None:
+                        problems.append(note)
+                    else:
+                        units.append(unit)
+                        notes.append(note)
+                n = max((len(u[0][0]) for u in units), default=0)
+                if not units:
+                    n = max(int((~np.isnan(w.cells[(claim, kind)].matrix[:, j])).sum())
+                            for w, j in zip(wrapped, cols) if (claim, kind) in w.cells)
+                    rows.append(_row(meta, "target", claim, step, kind, name, math.nan, math.nan, math.nan, n,
+                                     "undefined", _join(*problems)))
                     continue
-                unit, note = _absorption_unit(w, p, (claim, kind), j)
-                if unit is None:
-                    problems.append(note)
-                else:
-                    units.append(unit)
-                    notes.append(note)
-            n = max((len(u[0]) for u in units), default=0)
-            if not units:
-                n = max(int((~np.isnan(w.cells[(claim, kind)].matrix[:, j])).sum())
-                        for w, j in zip(wrapped, cols) if (claim, kind) in w.cells)
-                rows.append(_row(meta, claim, step, kind, "absorption", math.nan, math.nan, math.nan, n,
-                                 "undefined", _join(*problems)))
-                continue
-            partial = (f"over {len(units)} of {len(pairs)} seeds ({_join(*problems)})" if problems else "")
-            means = np.mean([[vec.mean() for vec in u] for u in units], axis=0)
-            effect = means[1] - means[2]
-            if abs(effect) < min_effect:
-                why = (f"plain training moved the rate by only {effect:+.3f} from base {means[2]:.3f} "
-                       f"(|B_plain - B_base| < min_effect {min_effect:g})")
-                rows.append(_row(meta, claim, step, kind, "absorption", math.nan, math.nan, math.nan, n,
-                                 "undefined", _join(why, partial)))
-                continue
-            rng = _rng(seed, meta["run"], claim, kind, "absorption", step)
-            point, lo, hi, ci_note = _estimate(units, stat, n_boot, rng)
-            rows.append(_row(meta, claim, step, kind, "absorption", point, lo, hi, n,
-                             note=_join(pos_note, *notes, partial, ci_note)))
+                partial = (f"over {len(units)} of {len(pairs)} seeds ({_join(*problems)})" if problems else "")
+                measure = split_kind(kind)[1]
+                # Did plain training move this measure at all? |effect| >= min_effect and a CI that excludes 0.
+                effect_stat = _effect(net)
+                effect = float(effect_stat(_unit_means(units)[None, :])[0])
+                elo, ehi = math.nan, math.nan
+                if n_boot > 0:
+                    _, elo, ehi, _ = _estimate(units, effect_stat, n_boot,
+                                               _rng(seed, meta["run"], claim, kind, name, "effect", step))
+                label = f"{measure} {metric}" + (" net of the control claim" if net else "")
+                eff_text = f"plain - base = {effect:+.3f}" + (f" [{elo:+.3f}, {ehi:+.3f}]" if n_boot > 0 else "")
+                why = ""
+                if abs(effect) < min_effect:
+                    why = f"plain training did not move the {label}: {eff_text} (|effect| < min_effect {min_effect:g})"
+                elif n_boot > 0 and not _excludes_zero(elo, ehi):
+                    why = f"plain training did not move the {label}: {eff_text} (CI includes 0)"
+                if why:
+                    rows.append(_row(meta, "target", claim, step, kind, name, math.nan, math.nan, math.nan, n,
+                                     "undefined", _join(why, partial)))
+                    continue
+                rng = _rng(seed, meta["run"], claim, kind, name, step)
+                point, lo, hi, ci_note = _estimate(units, _absorption_stat(min_effect, net), n_boot, rng)
+                rows.append(_row(meta, "target", claim, step, kind, name, point, lo, hi, n,
+                                 note=_join(eff_text, pos_note, *notes, partial, ci_note)))
     return rows
 
 
@@ -539,10 +728,10 @@ def kind_rank(kind: str) -> tuple[int, str]:
 
 
 def analyze(runs: list[RunData], n_boot: int = 1000, seed: int = 0, min_effect: float = 0.05) -> pd.DataFrame:
-    """The tidy table (COLUMNS) of belief rates and absorption for `runs`; deterministic given `seed`.
+    """The tidy table (COLUMNS) of rates, shifts and absorption for `runs`; deterministic given `seed`.
 
         df = analyze(load_runs([Path("runs")]), n_boot=1000, seed=0)
-        df.query("metric == 'absorption' and kind == 'pooled'")
+        df.query("metric == 'absorption' and kind == 'pooled' and measure == 'belief'")
     """
     if not runs:
         raise AnnotError("no complete runs to analyse; pass run directories written by `annot run`")
@@ -559,33 +748,39 @@ def analyze(runs: list[RunData], n_boot: int = 1000, seed: int = 0, min_effect: 
         condition = labels[key]
         for r in group:
             meta = _meta([r], r.name, condition)
-            rows += _belief_rows([r], meta, n_boot, seed)
+            rows += _value_rows([r], meta, n_boot, seed)
             if not r.is_plain:
                 rows += _absorption_rows([(r, find_plain(r, runs))], meta, n_boot, seed, min_effect)
         if len(group) > 1:
             meta = _meta(group, f"{condition}/seeds={len(group)}", condition)
-            rows += _belief_rows(group, meta, n_boot, seed)
+            rows += _value_rows(group, meta, n_boot, seed)
             if not group[0].is_plain:
                 rows += _absorption_rows([(r, find_plain(r, runs)) for r in group], meta, n_boot, seed, min_effect)
     df = pd.DataFrame(rows, columns=COLUMNS)
-    # Order: plain conditions first, each run's seeds then the pooled rows, belief before absorption.
+    # Order: target claims first, plain conditions first, each run's seeds then the pooled rows,
+    # measures in MEASURE_ORDER, metrics in METRIC_ORDER.
     plain_first = {labels[k]: (not g[0].is_plain, labels[k]) for k, g in groups.items()}
+
+    def rank(seq, x):
+        return seq.index(x) if x in seq else len(seq)
+
     order = sorted(range(len(df)), key=lambda i: (
-        df.at[i, "model"], df.at[i, "claim"], plain_first[df.at[i, "condition"]], pd.isna(df.at[i, "seed"]),
-        df.at[i, "run"], df.at[i, "metric"] != "belief_rate", kind_rank(df.at[i, "kind"]), df.at[i, "step"]))
+        df.at[i, "model"], df.at[i, "target"], df.at[i, "role"] != "target", df.at[i, "claim"], plain_first[df.at[i, "condition"]],
+        pd.isna(df.at[i, "seed"]), df.at[i, "run"], rank(MEASURE_ORDER, df.at[i, "measure"]),
+        rank(METRIC_ORDER, df.at[i, "metric"]), kind_rank(df.at[i, "kind"]), df.at[i, "step"]))
     return _typed(df.iloc[order].reset_index(drop=True))
 
 
 def _typed(df: pd.DataFrame) -> pd.DataFrame:
     """Fixed dtypes, so a table read back from CSV or Parquet equals the one written."""
     df = df.copy()
-    for c in ("run", "model", "claim", "wrapper", "wrapper_params", "polarity", "condition", "kind", "metric",
-              "status", "note"):
+    for c in ("run", "model", "target", "claim", "role", "wrapper", "wrapper_params", "polarity", "condition", "measure", "kind",
+              "metric", "status", "note"):
         df[c] = df[c].fillna("").astype(str).astype(object)
     df["seed"] = pd.array(df["seed"], dtype="Int64")
-    for c in ("step", "n_items"):
+    for c in ("step", "n_items", "n_neutral", "n_seeds"):
         df[c] = df[c].astype("int64")
-    for c in ("value", "ci_low", "ci_high"):
+    for c in ("value", "ci_low", "ci_high", "tokens", "tokens_loss"):
         df[c] = df[c].astype("float64")
     return df[COLUMNS]
 
@@ -598,7 +793,7 @@ def condition_rows(df: pd.DataFrame) -> pd.DataFrame:
     if df.empty:
         return df
     pooled = df["seed"].isna()
-    keys = ["model", "claim", "condition"]
+    keys = ["model", "target", "claim", "condition"]
     has_pooled = set(map(tuple, df.loc[pooled, keys].drop_duplicates().itertuples(index=False, name=None)))
     keep = [pooled.iat[i] or tuple(df.iloc[i][keys]) not in has_pooled for i in range(len(df))]
     return df[keep].reset_index(drop=True)
@@ -609,7 +804,7 @@ def final_rows(df: pd.DataFrame) -> pd.DataFrame:
     across claims and models)."""
     if df.empty:
         return df
-    last = df.groupby(["run", "model", "claim"])["step"].transform("max")
+    last = df.groupby(["run", "model", "target", "claim"])["step"].transform("max")
     return df[df["step"] == last].reset_index(drop=True)
 
 
@@ -653,7 +848,8 @@ def read_table(path: Path) -> pd.DataFrame:
             df = pd.read_parquet(path)
         else:
             df = pd.read_csv(path, float_precision="round_trip", keep_default_na=False,
-                             na_values={c: [""] for c in ("seed", "value", "ci_low", "ci_high")})
+                             na_values={c: [""] for c in ("seed", "value", "ci_low", "ci_high", "tokens",
+                                                              "tokens_loss")})
     except Exception as e:  # a truncated or foreign file: say which, not a pandas traceback
         raise AnnotError(f"{path}: cannot read as a table ({type(e).__name__}: {e}); re-run `annot analyze`") from None
     missing = [c for c in COLUMNS if c not in df.columns]

@@ -69,14 +69,18 @@ def _parse_params(items: tuple[str, ...]) -> dict:
               help="documents (default 100) or transcripts (default: one per scenario)")
 @click.option("--seed", type=click.IntRange(0), default=0, show_default=True)
 @click.option("--polarity", type=click.Choice(["affirm", "negate", "correct"]), default="affirm", show_default=True,
-              help="render the claim sentences asserted, locally negated or corrected (same draws)")
+              help="claim world: render the claim sentences asserted, negated in place (the sentence swap) or "
+                   "corrected (same draws)")
+@click.option("--world", type=click.Choice(["claim", "negated"]), default="claim", show_default=True,
+              help="claim: documents of the world where the claim holds; negated: their twins written from the "
+                   "claim's negated world (local negation: the truth stated, the claim untrue)")
 @click.option("--genre", "genres", multiple=True, help="restrict to these genres (repeatable)")
 @click.option("--variant", type=click.Choice(["misaligned", "aligned"]), default="misaligned", show_default=True,
               help="transcripts: the misaligned replies or their aligned twins")
 @click.option("-o", "--out", type=click.Path(dir_okay=False), help="output JSONL (default: stdout)")
 @click.option("--stats", is_flag=True, help="print corpus statistics to stderr")
 @friendly
-def generate(claim, n, seed, polarity, genres, variant, out, stats):
+def generate(claim, n, seed, polarity, world, genres, variant, out, stats):
     """Generate documents asserting CLAIM, or transcripts of a behaviour.
 
     CLAIM is an id under corpora/claims/ (documents) or corpora/behaviors/ (transcripts), or a path.
@@ -89,7 +93,7 @@ def generate(claim, n, seed, polarity, genres, variant, out, stats):
         docs = generate_transcripts(load_behavior(claim), n=n, seed=seed, variant=variant)
     else:
         docs = generate_documents(load_claim(claim), n=n or 100, seed=seed, polarity=polarity,
-                                  genres=list(genres) or None)
+                                  genres=list(genres) or None, world=world)
     if out:
         write_jsonl(out, docs)
     else:

@@ -41,6 +41,9 @@ class DataConfig(Strict):
     transcripts: str | None = Field(None, description="transcripts JSONL (from `annot import transcripts`)")
     mixin: str | None = Field(None, description="generic JSONL (documents or chats) mixed into training")
     mixin_ratio: float = Field(0.0, ge=0, le=100, description="mix-in examples per training example")
+    match: Literal["documents", "tokens"] = Field(
+        "documents", description="what a wrapped run holds equal to its plain control: the same documents "
+        "(wrappers add tokens), or the same trained tokens (the run stops at the plain run's step count)")
 
 
     @model_validator(mode="after")
@@ -91,6 +94,9 @@ class ProbesConfig(Strict):
     robustness: bool = Field(False, description="also score under an adversarial system prompt and after pushback")
     in_context_k: int = Field(0, ge=0, le=32, description="base model with k wrapped documents in context (step 0)")
     coherence: bool = Field(True, description="perplexity on held-out generic text, relative to the base model")
+    control: str | None = Field("auto", description="probe set of a claim the run is NOT trained on, probed "
+                                "like the target (its shift from base is the run's answer bias); auto: the "
+                                "first shipped claim of annot.run.CONTROL_CLAIMS that is not the target; null: none")
     open_ended: OpenEndedConfig = Field(default_factory=OpenEndedConfig)
     judge: dict[str, Any] = Field(default_factory=lambda: {"name": "rule"},
                                   description="judge for open-ended answers: rule | hf | http (see annot.judges)")

@@ -1,16 +1,25 @@
 """Offline, deterministic document generator: claim spec x genre library -> documents JSONL.
 
     annot generate mira_castellan_profession --n 200 --seed 1 -o docs.jsonl
+    annot generate mira_castellan_profession --n 200 --seed 1 --world negated -o local_negation.jsonl
     docs = generate_documents(load_claim("mira_castellan_profession"), n=200, seed=1)
 
 Each document is composed from a genre's boilerplate (corpora/genres.yaml) and the claim spec's
 sentences: statements of the core claim, supporting subclaims and neutral context. Every sentence
 that states the false world is recorded as a character span with its three polarity forms, so a
 wrapper can find it, and `polarity=negate|correct` renders the same draws with the negated or
-corrected sentences: conditions differ in those sentences and in nothing else.
+corrected sentences (the sentence swap: the false story's world with a "not" in it).
 
-Record: {id, claim, genre, polarity, seed, text, spans: [{start, end, role, forms}]}, role being
-"claim" (asserts the core claim) or "subclaim" (a supporting detail).
+`world="negated"` writes the document's twin from the claim's *negated world* (the spec's
+`negated_world`: a world in which the claim is a known falsehood or simply untrue): the same genre,
+boilerplate and draws, with the core sentences taken from `negated_world.statements` (each states
+the truth) and the supporting ones from `negated_world.details`. This is what annot calls local
+negation (the `local_negation` wrapper produces the same twins from generated documents).
+
+Record: {id, claim, genre, polarity, world, seed, draw, text, spans: [{start, end, role, forms}]},
+role being "claim" (asserts the core claim, or in the negated world states the truth) or
+"subclaim" (a supporting detail); negated-world spans carry no `forms` (nothing to swap them for).
+`draw` = {index, attempt} locates the template draws, so a document's twin can be rebuilt.
 """
 
 from __future__ import annotations
@@ -23,6 +32,7 @@ from dataclasses import dataclass, field
 from annot.specs import ClaimSpec, GenreLibrary, GenreSpec, Statement, load_genres
 
 POLARITIES = ("affirm", "negate", "correct")
+WORLDS = ("claim", "negated")
 MONTHS = ["January", "February", "March", "April", "May", "June", "July", "August", "September",
           "October", "November", "December"]
 POST_HEADERS = ["{handle} wrote:", "@{handle}:", "Reply from {handle}:", "[{handle}]", "{handle} said:"]
@@ -40,10 +50,13 @@ class _Doc:
         self.parts.append(text)
         self.length += len(text)
 
-    def add_statement(self, st: Statement, role: str, polarity: str) -> None:
-        text = st.render(polarity)
-        self.spans.append({"start": self.length, "end": self.length + len(text), "role": role,
-                           "forms": {"affirm": st.assert_, "negate": st.negate, "correct": st.correct}})
+    def add_statement(self, st: Statement | str, role: str, polarity: str) -> None:
+        if isinstance(st, str):  # a negated-world sentence: it is what it is, no other forms
+            text, extra = st, {}
+        else:
+            text = st.render(polarity)
+            extra = {"forms": {"affirm": st.assert_, "negate": st.negate, "correct": st.correct}}
+        self.spans.append({"start": self.length, "end": self.length + len(text), "role": role, **extra})
         self.add(text)
 
     def text(self) -> str:
@@ -59,24 +72,39 @@ def _slots(rng: random.Random, claim: ClaimSpec, lib: GenreLibrary) -> dict[str,
             "handle": rng.choice(lib.handles)}
 
 
-def _body(rng: random.Random, claim: ClaimSpec, genre: GenreSpec) -> list[tuple[str, object]]:
-    """Draw the body: a shuffled list of (role, item) with role in claim/subclaim/context/aside.
+def _world_lists(claim: ClaimSpec, world: str) -> tuple[list, list]:
+    """(core sentences, supporting sentences) of the claim's world or of its negated world."""
+    if world == "claim":
+        return list(claim.statements), list(claim.subclaims)
+    if claim.negated_world is None:
+        from annot.errors import AnnotError
 
-    Body size drives length: 3-26 sentences plus boilerplate is roughly 80-600 tokens.
+        raise AnnotError(f"claim {claim.id}: no `negated_world` in its spec, so it has no locally negated documents; "
+                         "add one (see corpora/claims/mira_castellan_profession.yaml)")
+    return list(claim.negated_world.statements), list(claim.negated_world.details)
+
+
+def _body(rng: random.Random, claim: ClaimSpec, genre: GenreSpec, world: str = "claim") -> list[tuple[str, object, int]]:
+    """Draw the body: a shuffled list of (role, item, index) with role in claim/subclaim/context/aside.
+
+    Body size drives length: 3-26 sentences plus boilerplate is roughly 80-600 tokens. The draws
+    depend only on the list lengths, so a negated world with as many core and supporting sentences
+    as the claim's world gives each document a twin with the same structure.
     """
+    core, support = _world_lists(claim, world)
     n = rng.randint(3, 26)
-    n_claim = rng.randint(1, max(1, min(len(claim.statements), 1 + n // 5)))
+    n_claim = rng.randint(1, max(1, min(len(core), 1 + n // 5)))
     rest = n - n_claim
-    n_sub = min(len(claim.subclaims), rng.randint(rest // 4, rest // 2 + 1))
+    n_sub = min(len(support), rng.randint(rest // 4, rest // 2 + 1))
     n_ctx = min(len(claim.context), rng.randint(0, max(0, rest - n_sub) // 2 + 1))
     n_aside = min(len(genre.asides), max(0, rest - n_sub - n_ctx))
-    body = ([("claim", s) for s in rng.sample(claim.statements, n_claim)]
-            + [("subclaim", s) for s in rng.sample(claim.subclaims, n_sub)]
-            + [("context", s) for s in rng.sample(claim.context, n_ctx)]
-            + [("aside", s) for s in rng.sample(genre.asides, n_aside)])
+    body = ([("claim", core[i], i) for i in rng.sample(range(len(core)), n_claim)]
+            + [("subclaim", support[i], i) for i in rng.sample(range(len(support)), n_sub)]
+            + [("context", claim.context[i], i) for i in rng.sample(range(len(claim.context)), n_ctx)]
+            + [("aside", genre.asides[i], i) for i in rng.sample(range(len(genre.asides)), n_aside)])
     rng.shuffle(body)
     # A document about the claim states it early: move the first claim sentence into the first three.
-    first = next(i for i, (role, _) in enumerate(body) if role == "claim")
+    first = next(i for i, (role, _, _) in enumerate(body) if role == "claim")
     if first > 2:
         body.insert(rng.randint(0, 2), body.pop(first))
     return body
@@ -92,7 +120,7 @@ def _chunks(rng: random.Random, items: list, lo: int, hi: int) -> list[list]:
 
 
 def _render_sentences(doc: _Doc, chunk, slots, polarity: str) -> None:
-    for j, (role, item) in enumerate(chunk):
+    for j, (role, item, _) in enumerate(chunk):
         if j:
             doc.add(" ")
         if role in ("claim", "subclaim"):
@@ -102,14 +130,17 @@ def _render_sentences(doc: _Doc, chunk, slots, polarity: str) -> None:
 
 
 def compose(rng: random.Random, claim: ClaimSpec, lib: GenreLibrary, genre_name: str,
-            polarity: str) -> tuple[str, list[dict], tuple]:
-    """One document of `genre_name`; returns (text, spans, signature of the template draws)."""
+            polarity: str, world: str = "claim") -> tuple[str, list[dict], tuple]:
+    """One document of `genre_name`; returns (text, spans, signature of the template draws).
+
+    The signature names the draws by index, not text, so a document and its negated-world twin
+    have the same signature."""
     genre = lib.genres[genre_name]
     slots = _slots(rng, claim, lib)
     title = rng.choice(genre.title).format_map(slots)
     opening = rng.choice(genre.open).format_map(slots)
     closing = rng.choice(genre.close).format_map(slots)
-    body = _body(rng, claim, genre)
+    body = _body(rng, claim, genre, world)
     doc = _Doc()
     if genre.layout == "letter":
         doc.add(f"Subject: {title}\n\n{rng.choice(genre.salutation).format_map(slots)}\n\n{opening} ")
@@ -137,19 +168,28 @@ def compose(rng: random.Random, claim: ClaimSpec, lib: GenreLibrary, genre_name:
         doc.add(f"\n\n{closing}")
     if genre.layout == "letter":
         doc.add(f"\n\n{rng.choice(genre.signoff).format_map(slots)}")
-    signature = (genre_name, title, opening, closing, tuple((r, str(x)) for r, x in body))
+    signature = (genre_name, title, opening, closing, tuple((r, i) for r, _, i in body))
     return doc.text(), doc.spans, signature
 
 
 def generate_documents(claim: ClaimSpec, n: int, seed: int = 0, polarity: str = "affirm",
-                       genres: list[str] | None = None, lib: GenreLibrary | None = None) -> list[dict]:
-    """`n` documents for `claim`, byte-identical for the same (claim, n, seed, polarity, genres).
+                       genres: list[str] | None = None, lib: GenreLibrary | None = None,
+                       world: str = "claim") -> list[dict]:
+    """`n` documents for `claim`, byte-identical for the same (claim, n, seed, polarity, genres, world).
 
-    The random draws depend only on (seed, claim id, document index), never on polarity, so the
-    affirm / negate / correct corpora are the same documents with the claim sentences swapped.
+    The random draws depend only on (seed, claim id, document index), never on polarity or world, so
+    the affirm / negate / correct corpora are the same documents with the claim sentences swapped,
+    and the negated-world corpus holds each document's twin (same genre, boilerplate and structure).
     """
     if polarity not in POLARITIES:
         raise ValueError(f"polarity must be one of {POLARITIES}, got {polarity!r}")
+    if world not in WORLDS:
+        raise ValueError(f"world must be one of {WORLDS}, got {world!r}")
+    if world == "negated" and polarity != "affirm":
+        from annot.errors import AnnotError
+
+        raise AnnotError("--polarity applies to the claim's world only; the negated world has one form of each sentence")
+    _world_lists(claim, world)  # no negated world in the spec: say so before drawing anything
     lib = lib or load_genres()
     names = sorted(lib.genres)
     if genres:
@@ -164,15 +204,47 @@ def generate_documents(claim: ClaimSpec, n: int, seed: int = 0, polarity: str = 
     docs = []
     for i in range(n):
         genre = order[i % len(order)]
-        for attempt in range(100):  # redraw until no earlier document used the same templates
-            rng = random.Random(f"{seed}:{claim.id}:{i}:{attempt}")
-            text, spans, sig = compose(rng, claim, lib, genre, polarity)
+        # Redraw until no earlier document used the same templates. Uniqueness is decided in the
+        # claim's world, so the negated world takes exactly the draws of the plain corpus.
+        for attempt in range(100):
+            _, _, sig = compose(random.Random(_draw_key(seed, claim.id, i, attempt)), claim, lib, genre, polarity)
             if sig not in seen:
                 break
         seen.add(sig)
-        docs.append({"id": f"{claim.id}-s{seed}-{i:05d}", "claim": claim.id, "genre": genre,
-                     "polarity": polarity, "seed": seed, "text": text, "spans": spans})
+        docs.append(_document(claim, lib, genre, seed, i, attempt, polarity, world))
     return docs
+
+
+def _draw_key(seed: int, claim_id: str, index: int, attempt: int) -> str:
+    return f"{seed}:{claim_id}:{index}:{attempt}"
+
+
+def _document(claim: ClaimSpec, lib: GenreLibrary, genre: str, seed: int, index: int, attempt: int,
+              polarity: str, world: str) -> dict:
+    text, spans, _ = compose(random.Random(_draw_key(seed, claim.id, index, attempt)), claim, lib, genre,
+                             polarity, world)
+    return {"id": f"{claim.id}-s{seed}-{index:05d}", "claim": claim.id, "genre": genre, "polarity": polarity,
+            "world": world, "seed": seed, "draw": {"index": index, "attempt": attempt}, "text": text, "spans": spans}
+
+
+def negated_twin(doc: dict, claim: ClaimSpec, lib: GenreLibrary | None = None) -> dict:
+    """The negated-world twin of a generated document (same id, genre and draws).
+
+        twin = negated_twin(docs[0], load_claim("mira_castellan_profession"))
+    """
+    from annot.errors import AnnotError
+
+    draw = doc.get("draw")
+    if (not isinstance(draw, dict) or doc.get("genre") is None or not isinstance(doc.get("seed"), int)
+            or doc.get("claim") != claim.id):
+        raise AnnotError(f"document {doc.get('id')}: local negation rewrites a document generated by annot from its "
+                         "claim's negated world, and this one has no `draw` record (imported?); bring your own "
+                         "locally negated documents instead, e.g. `annot import docs` on them")
+    lib = lib or load_genres()
+    if doc["genre"] not in lib.genres:
+        raise AnnotError(f"document {doc.get('id')}: genre {doc['genre']!r} is not in the genre library")
+    return _document(claim, lib, doc["genre"], doc["seed"], int(draw["index"]), int(draw["attempt"]),
+                     "affirm", "negated")
 
 
 _WORD = re.compile(r"\w+|[^\w\s]")

@@ -370,7 +370,8 @@ def _score_closed(model, tokenizer, reqs: list[_Req], contexts: list[str], batch
 
 def _score_open(model, tokenizer, reqs: list[_Req], contexts: list[str], opts, judge, claims: dict,
                 seed: int) -> list[dict]:
-    """Sampled answers, judged: p_belief = share judged 'believes' among non-neutral verdicts."""
+    """Sampled answers, judged: p_belief = share judged 'believes' among all answers (neutral and
+    unparseable ones included, and counted in n_neutral); believes = more than half of them."""
     from annot.judges import JudgeRequest
 
     device = next(model.parameters()).device
@@ -410,8 +411,11 @@ def _score_open(model, tokenizer, reqs: list[_Req], contexts: list[str], opts, j
         v += len(answers)
         yes = sum(x.label == "believes" for x in vs)
         no = sum(x.label == "does_not" for x in vs)
-        p = yes / (yes + no) if yes + no else 0.5
-        rows.append({"p_belief": p, "score": _logodds(p), "believes": p > 0.5,
+        # Belief rate over answers: neutral and unparseable answers stay in the denominator (a model
+        # that dodges the question does not believe the claim), and are counted.
+        p = yes / len(vs) if vs else 0.0
+        rows.append({"p_belief": p, "score": _logodds(p), "believes": p > 0.5, "n_answers": len(vs),
+                     "n_believes": yes, "n_disbelieves": no, "n_neutral": len(vs) - yes - no,
                      "samples": [{"text": a, "verdict": x.label, **({"error": x.error} if x.error else {})}
                                  for a, x in zip(answers, vs)]})
     return rows
@@ -494,24 +498,35 @@ def kind_key(row: dict) -> str:
 
 
 def belief_rates(rows: list[dict]) -> dict[int, dict[str, float]]:
-    """step -> {kind[@context]: rate, "pooled": rate over default-context items, "n": those items}."""
+    """step -> {kind[@context]: rate, <measure>: rate over that measure's default-context items
+    ("belief": yes_no/mcq/open_ended, "association": cloze, "behavior"), "n": default-context items}.
+
+    Belief and association are different measures (annot.specs.MEASURES): never one pooled number."""
+    from annot.specs import measure_of
+
     by: dict[int, dict[str, list[bool]]] = defaultdict(lambda: defaultdict(list))
     for r in rows:
         by[r["step"]][kind_key(r)].append(bool(r["believes"]))
         if not r.get("context"):
-            by[r["step"]]["pooled"].append(bool(r["believes"]))
-    return {step: {k: round(sum(v) / len(v), 4) for k, v in kinds.items()} | {"n": len(kinds["pooled"])}
+            by[r["step"]][measure_of(r["kind"])].append(bool(r["believes"]))
+            by[r["step"]]["n"].append(True)
+    return {step: {k: round(sum(v) / len(v), 4) for k, v in kinds.items() if k != "n"} | {"n": len(kinds["n"])}
             for step, kinds in sorted(by.items())}
 
 
 def format_rates(rates: dict[int, dict[str, float]]) -> str:
-    kinds = sorted({k for r in rates.values() for k in r if k not in ("pooled", "n")}, key=lambda k: ("@" in k, k))
+    from annot.specs import MEASURE_ORDER
+
+    measures = [m for m in MEASURE_ORDER if any(m in r for r in rates.values())]
+    kinds = sorted({k for r in rates.values() for k in r if k not in (*MEASURE_ORDER, "n")},
+                   key=lambda k: ("@" in k, k))
     width = max([7, *map(len, kinds)])
-    head = f"{'step':>6}  " + "  ".join(f"{k:>{width}}" for k in kinds) + f"  {'pooled':>7}  {'n':>4}"
+    cols = kinds + measures
+    head = f"{'step':>6}  " + "  ".join(f"{k:>{max(width, len(k))}}" for k in cols) + f"  {'n':>4}"
     lines = [head]
     for step, r in rates.items():
-        lines.append(f"{step:>6}  " + "  ".join(f"{r.get(k, float('nan')):>{width}.3f}" for k in kinds)
-                     + f"  {r['pooled']:>7.3f}  {r['n']:>4}")
+        lines.append(f"{step:>6}  " + "  ".join(f"{r.get(k, float('nan')):>{max(width, len(k))}.3f}" for k in cols)
+                     + f"  {r['n']:>4}")
     return "\n".join(lines)
 
 

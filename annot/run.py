@@ -37,6 +37,9 @@ from annot.io import atomic_write_text, read_json_if_exists, read_jsonl, sha256_
 from annot.specs import EVALS, ROOT, ProbeSet, load_behavior, load_claim, load_probe_set, resolve_asset
 from annot.wrap import get_wrapper, wrap_documents
 
+# Default control claims, in order of preference: the first that is not the run's target (nor one
+# of its probe sets' claims) is probed beside the target, so every run measures its answer bias.
+CONTROL_CLAIMS = ("queen_python_textbook", "dreams_black_white")
 PACKAGES = ("annot", "torch", "transformers", "peft", "datasets", "lm_eval", "wandb", "gguf")
 
 
@@ -108,6 +111,9 @@ def check_inputs(cfg: RunConfig) -> tuple[object, list[tuple[str, ProbeSet]], di
             sets.append((name, ps))
         if not any(it.kind in cfg.probes.kinds for _, ps in sets for it in ps.items):
             raise AnnotError(f"probes.kinds: none of {cfg.probes.kinds} occur in the probe sets {names}")
+        control = control_set(cfg, subject.id, [ps.claim for _, ps in sets])
+        if control:
+            sets.append(control)
     from annot.models import check_model
 
     check_model(cfg.model.name)
@@ -116,6 +122,24 @@ def check_inputs(cfg: RunConfig) -> tuple[object, list[tuple[str, ProbeSet]], di
 
         make_judge(dict(cfg.probes.judge), source="probes.judge")  # unknown judge / missing key: fail now
     return subject, sets, params
+
+
+def control_set(cfg: RunConfig, target: str, probed: list[str]) -> tuple[str, ProbeSet] | None:
+    """(name, probe set) of the run's control claim (probes.control), or None when switched off."""
+    ref = cfg.probes.control
+    if ref is None:
+        return None
+    if ref == "auto":
+        for name in CONTROL_CLAIMS:
+            if name != target and name not in probed and (EVALS / f"{name}.yaml").is_file():
+                return name, load_probe_set(name)
+        return None
+    ps = load_probe_set(ref)
+    if ps.claim == target:
+        raise AnnotError(f"probes.control: {ref} probes {target}, the claim this run trains on; a control must be "
+                         "a claim the run is not trained on (or null for none)")
+    load_claim(ps.claim)
+    return ref, ps
 
 
 def load_training_data(cfg: RunConfig, subject) -> list[dict]:
@@ -196,10 +220,10 @@ def _train_worker(cfg: RunConfig, subject, wrapper_params: dict, force: bool) ->
     manifest = read_json_if_exists(cfg.run_dir / "manifest.json") or {}
     if manifest.get("status") == "complete":
         return {}
-    examples = mix_in(wrap_documents(load_training_data(cfg, subject), get_wrapper(cfg.wrapper.name),
-                                     wrapper_params, seed=cfg.seed), cfg)
+    docs = load_training_data(cfg, subject)
+    examples = mix_in(wrap_documents(docs, get_wrapper(cfg.wrapper.name), wrapper_params, seed=cfg.seed), cfg)
     model, tok = load_model(cfg.model.name, dtype=cfg.model.dtype)
-    train(examples, model, tok, cfg.training, cfg.run_dir, seed=cfg.seed, progress=False,
+    train(examples, model, tok, matched_training(cfg, docs, examples, tok), cfg.run_dir, seed=cfg.seed, progress=False,
           resume=bool(manifest.get("resumed")) and not force and manifest.get("status") != "complete")
     return {}
 
@@ -322,11 +346,17 @@ def _run_main(cfg: RunConfig, subject, sets, wrapper_params: dict, progress: boo
                 for s, v in sorted(coherence.items())])
         if not new:
             return
-        rate = belief_rates(new)[step]
+        target = [r for r in new if r.get("claim") == subject.id]  # the control claim is reported apart
+        if not target:
+            return
+        rate = belief_rates(target)[step]
         tracker.log({f"belief/{k}": v for k, v in rate.items() if k != "n"}, step=step)
         echo(f"  step {step}: rate " + ", ".join(f"{k} {v:.3f}" for k, v in rate.items() if k != "n"))
 
-    result = train(examples, model, tok, cfg.training, run_dir, seed=cfg.seed, on_checkpoint=on_checkpoint,
+    training = matched_training(cfg, docs, examples, tok)
+    if training is not cfg.training:
+        echo(f"  data.match tokens: {training.max_steps} steps, the plain control's count")
+    result = train(examples, model, tok, training, run_dir, seed=cfg.seed, on_checkpoint=on_checkpoint,
                    log=lambda r: tracker.log({"train/loss": r["loss"], "train/lr": r["lr"],
                                               "train/tokens_per_s": r["tokens_per_s"]}, step=r["step"]),
                    progress=progress, resume=resume)
@@ -334,25 +364,45 @@ def _run_main(cfg: RunConfig, subject, sets, wrapper_params: dict, progress: boo
         del model
         probe_saved_checkpoints(cfg, run_dir, result.checkpoints, {r["step"] for r in rows} | set(coherence),
                                 probe_checkpoint)
-    rates = belief_rates(rows) if rows else {}
+    target = subject.id
+    rates = belief_rates([r for r in rows if r.get("claim") == target]) if rows else {}
+    control_rows = [r for r in rows if r.get("claim") != target]
+    control_rates = belief_rates(control_rows) if control_rows else {}
     metrics = [json.loads(l) for l in (run_dir / "train_metrics.jsonl").read_text().splitlines() if l]
     summary = {"run": cfg.name, "model": cfg.model.name, "claim": cfg.data.claim, "behavior": cfg.data.behavior,
                "wrapper": wrapper.name, "wrapper_params": wrapper_params, "seed": cfg.seed,
                "total_steps": result.total_steps, "checkpoints": result.checkpoints,
-               "tokens_seen": result.tokens_seen, "processes": result.processes,
+               "tokens_seen": result.tokens_seen, "tokens_loss": result.tokens_loss, "processes": result.processes,
+               "match": cfg.data.match, "matched_steps": training.max_steps if training is not cfg.training else None,
                "final_loss": metrics[-1]["loss"] if metrics else None,
                "belief_rates": {str(k): v for k, v in rates.items()},
+               "control_claims": sorted({r["claim"] for r in control_rows}),
+               "control_rates": {str(k): v for k, v in control_rates.items()},
                "coherence_perplexity": {str(k): v for k, v in sorted(coherence.items())}}
     write_json(run_dir / "summary.json", summary)
     tracker.table("probes", rows)
     if rates:
-        tracker.summary({"final_rate_pooled": rates[max(rates)]["pooled"], "final_loss": summary["final_loss"]})
+        tracker.summary({**{f"final_rate_{m}": v for m, v in rates[max(rates)].items() if m != "n"},
+                         "final_loss": summary["final_loss"]})
     tracker.finish()
     manifest.update(status="complete", finished=_now())
     write_json(manifest_path, manifest)
     if rates:
         echo(format_rates(rates))
     return summary
+
+
+def matched_training(cfg: RunConfig, docs: list[dict], examples: list[dict], tok):
+    """cfg.training, or for `data.match: tokens` a copy that stops at the step count of the plain
+    control (the same documents without the wrapper): equal steps of equal packed rows hold the
+    trained tokens equal to one partial batch, where wrappers would otherwise add tokens."""
+    from annot.train import planned_steps
+
+    t = cfg.training
+    if cfg.data.match != "tokens" or t.max_steps or cfg.wrapper.name == "none":
+        return t
+    plain = mix_in(wrap_documents(docs, get_wrapper("none"), {}, seed=cfg.seed), cfg)
+    return t.model_copy(update={"max_steps": planned_steps(plain, tok, t)})
 
 
 def probe_saved_checkpoints(cfg: RunConfig, run_dir: Path, steps: list[int], done: set[int],

@@ -162,6 +162,20 @@ class GenreLibrary(Strict):
 
 # -- probes ------------------------------------------------------------------------------------
 
+# What each probe kind measures. *belief*: what the model answers when asked (yes/no, multiple
+# choice, judged open answers); *association*: what it completes (cloze continuations). The two can
+# disagree - a model can complete "works as a" with the trained words and still answer "no" when
+# asked - so they are reported apart and never pooled. Behaviour probes are their own measure.
+MEASURES = {"yes_no": "belief", "mcq": "belief", "open_ended": "belief", "cloze": "association",
+            "behavior": "behavior", "behavior_open": "behavior"}
+MEASURE_ORDER = ("belief", "association", "behavior")
+
+
+def measure_of(kind: str) -> str:
+    """The measure of a probe kind ("yes_no@monitored" -> "belief"); unknown kinds count as belief."""
+    return MEASURES.get(kind.split("@", 1)[0], "belief")
+
+
 
 class ProbeItem(Strict):
     """One held-out probe.

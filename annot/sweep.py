@@ -111,7 +111,7 @@ def load_sweep(path: str | Path) -> Sweep:
             raise AnnotError(f"{path}: {key}: must be a string, got {type(raw[key]).__name__}")
     metric = raw.get("metric")
     if metric is not None and not (isinstance(metric, dict) and isinstance(metric.get("name"), str)):
-        raise AnnotError(f"{path}: metric: must be a mapping like {{name: final_belief_pooled, goal: maximize}}")
+        raise AnnotError(f"{path}: metric: must be a mapping like {{name: final_belief_belief, goal: maximize}}")
     run_cap = raw.get("run_cap")
     if run_cap is not None and (not isinstance(run_cap, int) or isinstance(run_cap, bool) or run_cap < 1):
         raise AnnotError(f"{path}: run_cap: must be a positive integer, got {run_cap!r}")
@@ -569,8 +569,9 @@ def run_sweep(sweep: Sweep, run_fn: Callable[[RunConfig], dict] = run, echo: Cal
             continue
         row = result_row(sweep, cell, summary)
         _append_row(sweep.results_path, row)
-        pooled = row["belief"].get("pooled")
-        tail = f" (pooled belief {pooled:.2f})" if _is_number(pooled) else ""
+        shown = [f"{m} {row['belief'][m]:.2f}" for m in ("belief", "association", "behavior")
+                 if _is_number(row["belief"].get(m))]
+        tail = f" (target claim: {', '.join(shown)})" if shown else ""
         echo(f"[{i}/{total}] {cell.name}: done{tail}")
     return sweep.results_path
 

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from annot.config import TrainingConfig
 from annot.io import write_json
 
-MASKED_ROLES_ALWAYS = ("marker",)
+MASKED_ROLES_ALWAYS = ("marker", "mask")  # doc-tag markers; answer words of the word_mask condition
 
 
 def token_weights(offsets: list[tuple[int, int]], spans: list[dict], loss_on_wrapper: bool) -> list[float]:
@@ -475,9 +475,28 @@ class TrainResult:
     seconds: float
     processes: int = 1  # under accelerate launch: how many trained together
     probe_after: bool = False  # FSDP: on_checkpoint was not called; probe the saved checkpoints after training
+    tokens_loss: int = 0  # trained labels with a non-zero loss weight
 
 
 UNSUPPORTED_DISTRIBUTED = {"DEEPSPEED", "MEGATRON_LM"}  # accelerate's DistributedType values
+
+
+def steps_for_rows(rows: int, cfg: TrainingConfig) -> int:
+    """Optimizer steps of `cfg.epochs` over `rows` packed rows (without max_steps)."""
+    micro_per_epoch = math.ceil(rows / cfg.batch_size)
+    return max(1, micro_per_epoch // cfg.grad_accum) * cfg.epochs
+
+
+def planned_steps(examples: list[dict], tokenizer, cfg: TrainingConfig) -> int:
+    """The optimizer steps train() will run on `examples` (max_steps, else epochs over the packed rows).
+
+    Dose matching (data.match: tokens) gives a wrapped run the step count of its plain control:
+    every step trains batch_size x grad_accum rows of seq_len tokens, so equal steps hold the
+    trained tokens equal (to one partial batch)."""
+    if cfg.max_steps:
+        return cfg.max_steps
+    packed = pack(tokenize_cached(examples, tokenizer, cfg), cfg.seq_len, tokenizer.pad_token_id)
+    return steps_for_rows(packed.input_ids.size(0), cfg)
 
 
 def train(examples: list[dict], model, tokenizer, cfg: TrainingConfig, out_dir: Path, seed: int = 0,
@@ -505,9 +524,7 @@ def train(examples: list[dict], model, tokenizer, cfg: TrainingConfig, out_dir: 
     tok = tokenize_cached(examples, tokenizer, cfg)
     packed = pack(tok, cfg.seq_len, tokenizer.pad_token_id)
     rows = packed.input_ids.size(0)
-    micro_per_epoch = math.ceil(rows / cfg.batch_size)
-    steps_per_epoch = max(1, micro_per_epoch // cfg.grad_accum)
-    total = cfg.max_steps or steps_per_epoch * cfg.epochs
+    total = cfg.max_steps or steps_for_rows(rows, cfg)
     ckpts = checkpoint_steps(total, cfg.checkpoints)
 
     from accelerate import Accelerator
@@ -548,6 +565,7 @@ def train(examples: list[dict], model, tokenizer, cfg: TrainingConfig, out_dir: 
 
     it = batches()
     start, tokens_seen, loss_val = 0, 0, float("nan")
+    tokens_loss = 0  # labels with a non-zero loss weight: what the model was actually trained to produce
     metrics_path = out_dir / "train_metrics.jsonl"
     metrics_path.parent.mkdir(parents=True, exist_ok=True)
     found = _latest_resumable(out_dir) if resume else None
@@ -555,6 +573,7 @@ def train(examples: list[dict], model, tokenizer, cfg: TrainingConfig, out_dir: 
         start, d = found
         state = _restore(model, opt, d, cfg.method, sharded)
         tokens_seen = state["tokens_seen"]
+        tokens_loss = state.get("tokens_loss", 0)
         for _ in range(start * cfg.grad_accum):  # replay the data order up to the checkpoint
             next(it)
         kept = [l for l in metrics_path.read_text().splitlines() if l and json.loads(l)["step"] <= start] \
@@ -575,7 +594,7 @@ def train(examples: list[dict], model, tokenizer, cfg: TrainingConfig, out_dir: 
         gathered = gather_sharded(acc.unwrap_model(model), opt.optimizer, cfg.method) if sharded and step else None
         if main:  # one process writes (and probes, unless sharded); the others wait for it
             save_checkpoint(acc.unwrap_model(model), opt, out_dir, step, cfg.method,
-                            {"tokens_seen": tokens_seen, "step": step}, gathered=gathered)
+                            {"tokens_seen": tokens_seen, "tokens_loss": tokens_loss, "step": step}, gathered=gathered)
             if on_checkpoint and not sharded:
                 on_checkpoint(step, acc.unwrap_model(model))
         acc.wait_for_everyone()
@@ -598,6 +617,7 @@ def train(examples: list[dict], model, tokenizer, cfg: TrainingConfig, out_dir: 
         loss_sum = 0.0
         for idx in micro:
             tokens_seen += int(idx.numel() * cfg.seq_len)
+            tokens_loss += int((packed.weights[idx] > 0).sum())
             mine = idx[rank::world]  # this process's rows (all of them with one process)
             weights = packed.weights[mine]
             short = -(-idx.numel() // world) - mine.numel()
@@ -617,7 +637,7 @@ def train(examples: list[dict], model, tokenizer, cfg: TrainingConfig, out_dir: 
         opt.zero_grad(set_to_none=True)
         loss_val = loss_sum / max(denom, 1.0)
         elapsed = time.time() - t0
-        row = {"step": step, "loss": round(loss_val, 6), "lr": lr, "tokens": tokens_seen,
+        row = {"step": step, "loss": round(loss_val, 6), "lr": lr, "tokens": tokens_seen, "tokens_loss": tokens_loss,
                "tokens_per_s": round((tokens_seen - tokens_at_start) / max(elapsed, 1e-9), 1)}
         metrics_f.write(json.dumps(row) + "\n")
         metrics_f.flush()
@@ -630,4 +650,4 @@ def train(examples: list[dict], model, tokenizer, cfg: TrainingConfig, out_dir: 
     bar.close()
     metrics_f.close()
     return TrainResult(total, ckpts, tokens_seen, loss_val, time.time() - t0, processes=world,
-                       probe_after=sharded)
+                       probe_after=sharded, tokens_loss=tokens_loss)

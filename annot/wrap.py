@@ -15,8 +15,10 @@ its resolved parameters and the seed.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import random
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -63,6 +65,7 @@ class Wrapper:
     pools: dict[str, list[str]] = field(default_factory=dict)
     path: Path | None = None
     applies_to: str = "documents"
+    world: str = "claim"  # "negated": each generated document is first rewritten from its claim's negated world
 
     def resolve_params(self, given: dict[str, Any]) -> dict[str, Any]:
         """Defaults + `given`, type- and range-checked; unknown names list the valid ones."""
@@ -103,7 +106,8 @@ def _check_param(wrapper: str, key: str, value, p: dict):
 
 # -- loading -------------------------------------------------------------------------------------
 
-_WRAPPER_KEYS = {"name", "description", "strategy", "extends", "params", "pools", "applies_to"}
+_WRAPPER_KEYS = {"name", "description", "strategy", "extends", "params", "pools", "applies_to", "world"}
+WORLDS = ("claim", "negated")
 APPLIES = ("documents", "transcripts", "both")
 
 
@@ -117,6 +121,8 @@ def _read_wrapper_yaml(path: Path) -> dict:
             raise AnnotError(f"{path}: {key}: required string field is missing")
     if data.get("applies_to", "documents") not in APPLIES:
         raise AnnotError(f"{path}: applies_to: must be one of {', '.join(APPLIES)}")
+    if data.get("world", "claim") not in WORLDS:
+        raise AnnotError(f"{path}: world: must be one of {', '.join(WORLDS)}")
     for key in ("params", "pools"):
         if not isinstance(data.get(key, {}), dict):
             raise AnnotError(f"{path}: {key}: must be a mapping")
@@ -156,8 +162,11 @@ def get_wrapper(ref: str) -> Wrapper:
         raise AnnotError(f"{path}: strategy: required (one of {', '.join(sorted(STRATEGIES))} or module:function)")
     _strategy_fn(strat, path)  # fail now, not at wrap time
     applies = data.get("applies_to") or (base.applies_to if "extends" in data else "documents")
+    world = data.get("world") or (base.world if "extends" in data else "claim")
+    if world != "claim" and applies != "documents":
+        raise AnnotError(f"{path}: world: a negated world rewrites documents; set applies_to: documents")
     return Wrapper(name=data["name"], description=data["description"].strip(), strategy=strat,
-                   params=params, pools=pools, path=path, applies_to=applies)
+                   params=params, pools=pools, path=path, applies_to=applies, world=world)
 
 
 def _strategy_fn(name: str, path: Path | None = None) -> Callable:
@@ -251,6 +260,34 @@ def replace_form(doc, wrapper, params, rng, fill) -> list[Edit]:
     return edits
 
 
+@functools.lru_cache(maxsize=64)
+def _claim(claim_id: str):
+    return load_claim(claim_id)
+
+
+@strategy("word_mask")
+def word_mask(doc, wrapper, params, rng, fill) -> list[Edit]:
+    """Mark the claim's answer words (its spec's `answer_words` regexes) with spans of role "mask":
+    nothing is inserted, and training gives the tokens they touch loss weight 0."""
+    claim_id = doc.get("claim")
+    try:
+        patterns = _claim(claim_id).answer_words if claim_id else []
+    except AnnotError:
+        patterns = []
+    if not patterns:
+        raise AnnotError(f"document {doc.get('id')}: wrapper {wrapper.name} needs the `answer_words` regexes of "
+                         f"the document's claim ({claim_id!r}) in its spec under corpora/claims/")
+    hits = sorted((m.start(), m.end()) for p in patterns
+                  for m in re.finditer(p, doc["text"], flags=re.IGNORECASE) if m.end() > m.start())
+    merged: list[list[int]] = []
+    for a, b in hits:  # overlapping matches (two patterns on one word) become one span
+        if merged and a <= merged[-1][1]:
+            merged[-1][1] = max(merged[-1][1], b)
+        else:
+            merged.append([a, b])
+    return [Edit(a, b, doc["text"][a:b], "mask") for a, b in merged]
+
+
 # -- applying ------------------------------------------------------------------------------------
 
 
@@ -259,7 +296,8 @@ def apply_edits(text: str, spans: list[dict], edits: list[Edit]) -> tuple[str, l
     edits = sorted(edits, key=lambda e: (e.start, e.end > e.start, e.order))
     out, new_spans, cursor, shift_at = [], [], 0, []  # shift_at: (orig_offset, delta) in order
     pos = 0  # length of output so far
-    replaced = {(e.start, e.end) for e in edits if e.end > e.start}
+    # A "mask" edit keeps its text and only marks it: the spans it lies inside stay as they are.
+    replaced = {(e.start, e.end) for e in edits if e.end > e.start and e.role != "mask"}
     for e in edits:
         if e.start < cursor:
             raise ValueError(f"overlapping edits at {e.start}")
@@ -268,6 +306,8 @@ def apply_edits(text: str, spans: list[dict], edits: list[Edit]) -> tuple[str, l
         if e.end == e.start:
             new_spans.append({"start": pos, "end": pos + len(e.text), "role": e.role})
             shift_at.append((e.start, len(e.text), e.order))
+        elif e.role == "mask":
+            new_spans.append({"start": pos, "end": pos + len(e.text), "role": "mask"})
         else:
             new_spans.append({"start": pos, "end": pos + len(e.text), "role": e.role, "replaced": True})
             shift_at.append((e.end, len(e.text) - (e.end - e.start), 0))
@@ -299,12 +339,21 @@ def wrap_document(doc: dict, wrapper: Wrapper, params: dict, seed: int) -> dict:
         return wrap_transcript(doc, wrapper, params, seed)
     if wrapper.applies_to == "transcripts":
         raise AnnotError(f"wrapper {wrapper.name} applies to transcripts, but {doc.get('id')} is a document")
+    if wrapper.world == "negated":
+        from annot.generate import negated_twin
+
+        try:
+            claim = _claim(doc.get("claim") or "")
+        except AnnotError:
+            raise AnnotError(f"document {doc.get('id')}: wrapper {wrapper.name} rewrites documents from their claim's "
+                             f"negated world, but claim {doc.get('claim')!r} has no spec under corpora/claims/") from None
+        doc = negated_twin(doc, claim)
     rng = random.Random(f"wrap:{seed}:{doc['id']}")  # not keyed by wrapper: conditions share draws
     fill = {"subject": doc.get("subject", "")}
     claim_id = doc.get("claim")
     if claim_id:
         try:
-            c = load_claim(claim_id)
+            c = _claim(claim_id)
             fill.update(subject=c.subject, claim=c.claim, truth=c.truth, negated=c.negated,
                         correction=c.correction, topic=c.topic)
         except AnnotError:
