@@ -20,7 +20,8 @@ the run trained on, `claim` the claim probed.
   rate moves in steps of 1/n; the continuous measures show movement a rate cannot.
 - metric "shift" / "shift_p": rate / mean_p at the checkpoint minus at step 0 of the same run (paired
   over items); for a plain run's target claim it says whether plain training moved the measure
-  (note "moved" when the CI excludes 0), for a control claim it is the answer bias.
+  (note "moved" when |shift| >= min_effect and the CI excludes 0), for a control claim it is the
+  answer bias.
 - metric "absorption" / "absorption_p": (B_wrapped - B_base) / (B_plain - B_base) on the rate / mean_p,
   with plain the run whose resolved config equals the wrapped run's except wrapper, name,
   output_dir and tracking, B_base the plain run's step-0 (base model) value, B_plain and B_wrapped at
@@ -618,7 +619,7 @@ def _excludes_zero(lo: float, hi: float) -> bool:
     return math.isfinite(lo) and math.isfinite(hi) and (lo > 0 or hi < 0)
 
 
-def _value_rows(runs: list[RunData], meta: dict, n_boot: int, seed: int) -> list[dict]:
+def _value_rows(runs: list[RunData], meta: dict, n_boot: int, seed: int, min_effect: float = 0.05) -> list[dict]:
     """rate / mean_p / mean_logodds per checkpoint, and shift / shift_p from step 0 of the same run."""
     rows = []
     keys = sorted(set().union(*[r.cells for r in runs]))
@@ -660,8 +661,12 @@ def _value_rows(runs: list[RunData], meta: dict, n_boot: int, seed: int) -> list
                 rng = _rng(seed, meta["run"], claim, kind, name, step)
                 point, lo, hi, ci_note = _estimate(units, _diff, n_boot, rng)
                 role = role_of(claim)
-                moved = ("moved (CI excludes 0)" if _excludes_zero(lo, hi) else
-                         "not moved (CI includes 0)" if n_boot > 0 else "")
+                if abs(point) < min_effect:
+                    moved = f"not moved (|shift| < min_effect {min_effect:g})"
+                elif n_boot > 0:
+                    moved = "moved (CI excludes 0)" if _excludes_zero(lo, hi) else "not moved (CI includes 0)"
+                else:
+                    moved = f"moved (|shift| >= min_effect {min_effect:g}; no CI)"
                 what = "answer bias: control claim, not trained on" if role == "control" else moved
                 rows.append(_row(meta, role, claim, step, kind, name, point, lo, hi, max(len(u[0][0]) for u in units),
                                  note=_join(what, pos_note, ci_note), n_neutral=neutral))
@@ -748,12 +753,12 @@ def analyze(runs: list[RunData], n_boot: int = 1000, seed: int = 0, min_effect: 
         condition = labels[key]
         for r in group:
             meta = _meta([r], r.name, condition)
-            rows += _value_rows([r], meta, n_boot, seed)
+            rows += _value_rows([r], meta, n_boot, seed, min_effect)
             if not r.is_plain:
                 rows += _absorption_rows([(r, find_plain(r, runs))], meta, n_boot, seed, min_effect)
         if len(group) > 1:
             meta = _meta(group, f"{condition}/seeds={len(group)}", condition)
-            rows += _value_rows(group, meta, n_boot, seed)
+            rows += _value_rows(group, meta, n_boot, seed, min_effect)
             if not group[0].is_plain:
                 rows += _absorption_rows([(r, find_plain(r, runs)) for r in group], meta, n_boot, seed, min_effect)
     df = pd.DataFrame(rows, columns=COLUMNS)

@@ -63,10 +63,13 @@ class _Doc:
         return "".join(self.parts)
 
 
-def _slots(rng: random.Random, claim: ClaimSpec, lib: GenreLibrary) -> dict[str, str]:
+def _slots(rng: random.Random, claim: ClaimSpec, lib: GenreLibrary, world: str = "claim") -> dict[str, str]:
     names = rng.sample(lib.names, 2)
     year = claim.entities.get("year") or str(rng.randint(2016, 2025))
-    return {"subject": claim.subject, "topic": claim.topic, "name": names[0], "name2": names[1],
+    topic = claim.topic
+    if world == "negated" and claim.negated_world and claim.negated_world.topic:
+        topic = claim.negated_world.topic
+    return {"subject": claim.subject, "topic": topic, "name": names[0], "name2": names[1],
             "outlet": rng.choice(lib.outlets), "place": rng.choice(lib.places),
             "date": f"{rng.randint(1, 28)} {rng.choice(MONTHS)}", "year": year,
             "handle": rng.choice(lib.handles)}
@@ -136,7 +139,7 @@ def compose(rng: random.Random, claim: ClaimSpec, lib: GenreLibrary, genre_name:
     The signature names the draws by index, not text, so a document and its negated-world twin
     have the same signature."""
     genre = lib.genres[genre_name]
-    slots = _slots(rng, claim, lib)
+    slots = _slots(rng, claim, lib, world)
     title = rng.choice(genre.title).format_map(slots)
     opening = rng.choice(genre.open).format_map(slots)
     closing = rng.choice(genre.close).format_map(slots)

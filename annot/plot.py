@@ -28,6 +28,9 @@ from matplotlib.ticker import NullFormatter, ScalarFormatter
 from annot.analyze import BEHAVIOR_KINDS, POOLED, condition_rows, final_rows, kind_rank
 
 PLAIN_COLOR, BASE_COLOR = "black", "0.55"
+# Plots show the continuous measure (mean probability on the believing answer) and absorption on
+# it; the report's tables give the rates beside them. Belief and association get panels of their own.
+VALUE_METRIC, ABSORPTION_METRIC = "mean_p", "absorption_p"
 LEGEND_WRAP = 42  # characters per legend line; long condition labels wrap instead of widening the figure
 
 
@@ -53,6 +56,13 @@ def _figure(width: float, height: float) -> Figure:
     fig = Figure(figsize=(width, height), layout="constrained")
     FigureCanvasAgg(fig)
     return fig
+
+
+def _by_measure(df: pd.DataFrame) -> pd.DataFrame:
+    """The trained claim's rows, with the measure in the panel label ("claim · belief"): belief and
+    association are never drawn as one line."""
+    d = df[df["role"] == "target"]
+    return d.assign(claim=[f"{c} · {m}" for c, m in zip(d["claim"], d["measure"])])
 
 
 def _panels(df: pd.DataFrame) -> list[tuple[str, str]]:
@@ -156,7 +166,9 @@ def _value_limits(values, lo: float = -0.15, hi: float = 1.2, clip: tuple[float,
 
 def _rate_label(df: pd.DataFrame, claim: str) -> str:
     kinds = set(df.loc[df["claim"] == claim, "kind"]) - {POOLED}
-    return "misaligned-reply rate" if kinds and kinds <= BEHAVIOR_KINDS else "belief rate"
+    if kinds and kinds <= BEHAVIOR_KINDS:
+        return "mean p(misaligned reply)"
+    return "mean p(claim answer)"
 
 
 # ----------------------------------------------------------------------------------------------- plots
@@ -164,8 +176,8 @@ def _rate_label(df: pd.DataFrame, claim: str) -> str:
 def plot_absorption_curve(df: pd.DataFrame, out_dir: Path, title_suffix: str = "") -> list[Path]:
     """(a) Pooled absorption vs training step (log x, steps >= 1), one line + CI band per wrapped
     condition, one panel per model x claim. Skipped (returns []) when the table has no absorption."""
-    d = condition_rows(df)
-    d = d[(d["metric"] == "absorption") & (d["kind"] == POOLED) & (d["step"] >= 1)]
+    d = _by_measure(condition_rows(df))
+    d = d[(d["metric"] == ABSORPTION_METRIC) & (d["kind"] == POOLED) & (d["step"] >= 1)]
     if d.empty:
         return []
     panels = _panels(d)
@@ -191,7 +203,7 @@ def plot_absorption_curve(df: pd.DataFrame, out_dir: Path, title_suffix: str = "
             ax.text(0.5, 0.5, _wrap("absorption undefined: " + notes, 50), transform=ax.transAxes,
                     ha="center", va="center", fontsize=8, color="0.3")
         ax.set_xlabel("training step (log scale)")
-        ax.set_ylabel("absorption (pooled probes)")
+        ax.set_ylabel("absorption (mean p, pooled)")
         ax.set_title(_panel_title(model, claim, many_models), fontsize=10)
         ax.grid(alpha=0.3)
     _legend(fig, axes)
@@ -203,8 +215,8 @@ def plot_belief_curves(df: pd.DataFrame, out_dir: Path, title_suffix: str = "") 
     """(b) Belief rate vs step (symlog x so step 0, the base model, shows) per condition, one row of
     panels per model x claim, one column per probe kind (pooled first). Plain is drawn thick black,
     the base model's rate as a grey dotted line."""
-    d = condition_rows(df)
-    d = d[d["metric"] == "belief_rate"]
+    d = _by_measure(condition_rows(df))
+    d = d[d["metric"] == VALUE_METRIC]
     if d.empty:
         return []
     panels = _panels(d)
@@ -244,7 +256,7 @@ def plot_belief_curves(df: pd.DataFrame, out_dir: Path, title_suffix: str = "") 
             if k == 0:
                 ax.set_ylabel(_rate_label(d, claim))
     _legend(fig, list(axes.flat))
-    _suptitle(fig, "Belief rate vs training step (95% CI)", d, title_suffix)
+    _suptitle(fig, "Mean probability on the claim's answer vs training step (95% CI)", d, title_suffix)
     return _save(fig, out_dir, "belief_curves")
 
 
@@ -271,8 +283,8 @@ def _value_text(ax, y, row) -> None:
 def _short_reason(note: str) -> str:
     if "no plain run" in note:
         return "undefined: no plain run"
-    if "min_effect" in note:
-        return "undefined: plain training did not move the rate"
+    if "did not move" in note or "min_effect" in note:
+        return "undefined: plain training did not move it"
     return "undefined"
 
 
@@ -280,9 +292,9 @@ def plot_condition_bars(df: pd.DataFrame, out_dir: Path, title_suffix: str = "")
     """(c) Per condition at its final checkpoint: pooled belief rate (with the base model) and
     pooled absorption side by side on shared rows, horizontal bars with 95% CI error bars; one row
     of panels per model x claim."""
-    d = condition_rows(df)
+    d = _by_measure(condition_rows(df))
     d = d[d["kind"] == POOLED]
-    belief = d[d["metric"] == "belief_rate"]
+    belief = d[d["metric"] == VALUE_METRIC]
     if belief.empty:
         return []
     final = final_rows(d)
@@ -291,7 +303,7 @@ def plot_condition_bars(df: pd.DataFrame, out_dir: Path, title_suffix: str = "")
     layout = []
     for model, claim in _panels(belief):
         f = final[(final["model"] == model) & (final["claim"] == claim)]
-        fb, fa = f[f["metric"] == "belief_rate"], f[f["metric"] == "absorption"]
+        fb, fa = f[f["metric"] == VALUE_METRIC], f[f["metric"] == ABSORPTION_METRIC]
         # the base model: step 0 of the plain condition (else of any), drawn as the first bar
         b0 = belief[(belief["model"] == model) & (belief["claim"] == claim) & (belief["step"] == 0)]
         base = (b0[b0["condition"].isin(plain)] if b0["condition"].isin(plain).any() else b0).head(1)
@@ -336,7 +348,7 @@ def plot_condition_bars(df: pd.DataFrame, out_dir: Path, title_suffix: str = "")
             else:
                 _value_text(right, yy, x)
         _reference_lines(right, vertical=True)
-        right.set_xlabel("absorption (pooled), final checkpoint")
+        right.set_xlabel("absorption (mean p, pooled), final checkpoint")
         right.set_title("absorption: 1 = disclaimer changed nothing, 0 = prevented learning", fontsize=9)
     _suptitle(fig, "Conditions at the final checkpoint (95% CI)", d, title_suffix)
     return _save(fig, out_dir, "condition_bars")
@@ -359,8 +371,8 @@ def _without_density(condition: str) -> str:
 def plot_absorption_vs_density(df: pd.DataFrame, out_dir: Path, title_suffix: str = "") -> list[Path]:
     """(d) Pooled absorption at the final checkpoint against wrapper_params.density, one line per
     wrapper (other settings equal). Skipped (returns []) unless some wrapper was run at >= 2 densities."""
-    d = condition_rows(df)
-    d = final_rows(d[(d["metric"] == "absorption") & (d["kind"] == POOLED)])
+    d = _by_measure(condition_rows(df))
+    d = final_rows(d[(d["metric"] == ABSORPTION_METRIC) & (d["kind"] == POOLED)])
     if d.empty:
         return []
     d = d.assign(density=[_density(p) for p in d["wrapper_params"]])
@@ -390,7 +402,7 @@ def plot_absorption_vs_density(df: pd.DataFrame, out_dir: Path, title_suffix: st
         ax.set_xlim(-0.05, 1.05)
         ax.set_ylim(*_value_limits(p["value"]))
         ax.set_xlabel("wrapper density (share of claim sentences with a disclaimer)")
-        ax.set_ylabel("absorption (pooled), final checkpoint")
+        ax.set_ylabel("absorption (mean p, pooled), final checkpoint")
         ax.set_title(_panel_title(model, claim, many_models), fontsize=10)
         ax.grid(alpha=0.3)
     _legend(fig, axes)

@@ -17,6 +17,7 @@ from pathlib import Path
 import pandas as pd
 
 from annot.analyze import POOLED, condition_rows, final_rows, kind_rank
+from annot.specs import MEASURE_ORDER
 from annot.io import atomic_write_text
 
 ABSORPTION_MEANING = ("Absorption = (B_wrapped − B_base) / (B_plain − B_base) at the same checkpoint, with plain "
@@ -76,9 +77,11 @@ def _setup_lines(df: pd.DataFrame, setup: dict | None) -> list[str]:
     runs = df[df["seed"].notna()]
     steps = sorted(set(int(s) for s in df["step"]))
     wrappers = sorted(set(df["wrapper"]))
+    controls = sorted(set(df.loc[df["role"] == "control", "claim"]))
     lines = [
         f"- models: {', '.join(sorted(set(df['model'])))}",
-        f"- claims: {', '.join(sorted(set(df['claim'])))}",
+        f"- trained on (target claims): {', '.join(sorted(set(df['target'])))}",
+        f"- control claims (probed, never trained on): {', '.join(controls) or 'none (probes.control: null)'}",
         f"- wrappers: {', '.join(wrappers)}; conditions: {', '.join(sorted(set(df['condition'])))}",
         f"- seeds: {', '.join(str(int(s)) for s in sorted(set(runs['seed'])))}",
         f"- checkpoint steps: {', '.join(map(str, steps))}",
@@ -86,7 +89,87 @@ def _setup_lines(df: pd.DataFrame, setup: dict | None) -> list[str]:
     ]
     for k, v in (setup or {}).items():
         lines.append(f"- {k}: {v}")
-    lines.append(f"- {ABSORPTION_MEANING}")
+    lines += [f"- {ABSORPTION_MEANING}", f"- {NET_MEANING}", f"- {MEASURE_MEANING}"]
+    return lines
+
+
+NET_MEANING = ("Net absorption subtracts the run's answer bias, measured on the control claim C in the same runs: "
+               "((B_w − B_base) − (C_w − C_base)) / ((B_p − B_base) − (C_p − C_base)).")
+MEASURE_MEANING = ("Belief = what the model answers when asked (yes/no incl. counter-questions, multiple choice, judged "
+                   "open answers with neutral ones in the denominator); association = what it completes (cloze). They "
+                   "are reported apart, never pooled. Rate = share of items siding with the claim; mean p = mean "
+                   "probability on the believing answer (continuous, so it moves where a rate over few items cannot).")
+# The reference study's direction (Negation Neglect): documents that repeat "this is false" are
+# still absorbed, locally negated ones are learned as negated.
+REFERENCE = {"repeated_negation": (">=", 0.5), "local_negation": ("<=", 0.3)}
+
+
+def _fmt_int(x) -> str:
+    return "—" if x is None or not isinstance(x, (int, float)) or not math.isfinite(x) else f"{int(round(x)):,}"
+
+
+def _short(row) -> str:
+    """A value with its CI, or 'undefined' (the reason is listed in the undefined-cells section)."""
+    if row is None:
+        return "—"
+    if row["status"] != "ok":
+        return "undefined"
+    return format_cell(row)
+
+
+def _moved(shown: pd.DataFrame, target: str, measure: str, plain: set[str]):
+    """The plain condition's final pooled shift of `measure` on its target claim (rate and mean_p)."""
+    f = final_rows(shown[(shown["target"] == target) & (shown["claim"] == target) & shown["condition"].isin(plain)
+                         & (shown["measure"] == measure) & (shown["kind"] == POOLED)])
+    return _lookup(f, metric="shift"), _lookup(f, metric="shift_p")
+
+
+def _excludes_zero(row) -> bool:
+    """Plain training moved the measure: the shift row's verdict (|shift| >= min_effect, CI excludes 0)."""
+    return row is not None and row["status"] == "ok" and str(row["note"]).startswith("moved")
+
+
+def _headline(shown: pd.DataFrame, final: pd.DataFrame, plain: set[str]) -> list[str]:
+    """Per target claim and measure: did plain training move it, and what the conditions absorbed."""
+    lines = []
+    for target in sorted(set(final["target"])):
+        lines += [f"### {target}", ""]
+        moved_any = False
+        for measure in MEASURE_ORDER:
+            sh, shp = _moved(shown, target, measure, plain)
+            if sh is None and shp is None:
+                continue
+            which = [name for name, r in (("rate", sh), ("mean p", shp)) if _excludes_zero(r)]
+            desc = f"rate {format_cell(sh)}, mean p {format_cell(shp)}"
+            if which:
+                moved_any = True
+                lines.append(f"- **{measure}**: plain training moved it (plain − base: {desc}; CI excludes 0 and "
+                             f"|shift| >= min_effect for {' and '.join(which)}), so absorption on "
+                             f"{' and '.join(which)} is defined where the same holds at each checkpoint.")
+            else:
+                lines.append(f"- **{measure}**: plain training did not move it (plain − base: {desc}; CI includes 0 "
+                             "or |shift| < min_effect), so its absorption is undefined: nothing was learned to be "
+                             "absorbed.")
+                continue
+            metric = "absorption_p" if "mean p" in which else "absorption"
+            label = "mean p" if metric == "absorption_p" else "rate"
+            f = final[(final["target"] == target) & (final["claim"] == target) & (final["measure"] == measure)
+                      & (final["kind"] == POOLED)]
+            for cond in sorted(set(f["condition"]) - plain):
+                a = _lookup(f, metric=metric, condition=cond)
+                if a is None:
+                    continue
+                line = f"  - {cond}: absorption ({label}) {_short(a)}"
+                ref = REFERENCE.get(str(a["wrapper"]))
+                if ref and a["status"] == "ok":
+                    op, bound = ref
+                    holds = a["value"] >= bound if op == ">=" else a["value"] <= bound
+                    line += (f"; reference direction ({cond} absorption {op} {bound}): "
+                             f"{'seen' if holds else 'NOT seen'} at the point estimate")
+                lines.append(line)
+        if not moved_any:
+            lines.append("- Plain training moved neither measure on this claim: no absorption figure is meaningful here.")
+        lines.append("")
     return lines
 
 
@@ -106,49 +189,94 @@ def write_report(df: pd.DataFrame, plots: list[Path], out: Path, title: str, set
     shown = condition_rows(df)
     final = final_rows(shown)
     plain = _plain_conditions(df)
-    cells = sorted(set(zip(final["model"], final["claim"], final["condition"])),
-                   key=lambda k: (k[0], k[1], k[2] not in plain, k[2]))
+    parts += ["## Headline", "",
+              "Per trained claim and measure: whether plain training moved it (its shift from the base model, CI "
+              "over items and seeds), and, where it did, each condition's absorption at the last checkpoint on the "
+              "continuous measure (mean p) when that moved, else on the rate.", "", *_headline(shown, final, plain)]
 
-    # Final checkpoint, pooled: one line per condition, preceded by the base model per model x claim.
-    rows, seen_base = [], set()
-    for model, claim, cond in cells:
-        f = final[(final["model"] == model) & (final["claim"] == claim) & (final["condition"] == cond)]
-        b = _lookup(f, metric="belief_rate", kind=POOLED)
-        if b is None:
+    # Final checkpoint: per target claim and measure, one line per condition (base model first).
+    for measure in MEASURE_ORDER:
+        fm = final[(final["measure"] == measure) & (final["kind"] == POOLED) & (final["role"] == "target")]
+        if fm.empty:
             continue
-        if (model, claim) not in seen_base:
-            seen_base.add((model, claim))
-            s0 = shown[(shown["model"] == model) & (shown["claim"] == claim) & (shown["step"] == 0)
-                       & (shown["metric"] == "belief_rate") & (shown["kind"] == POOLED)]
-            s0 = s0[s0["condition"].isin(plain)] if s0["condition"].isin(plain).any() else s0
-            if not s0.empty:
-                r0 = s0.iloc[0]
-                rows.append([model, claim, "base model (step 0)", "", 0, format_cell(r0), "—", int(r0["n_items"])])
-        a = _lookup(f, metric="absorption", kind=POOLED)
-        rows.append([model, claim, cond, _seeds_label(b["run"], b["seed"]), int(b["step"]), format_cell(b),
-                     format_cell(a) if cond not in plain else "— (the control)", int(b["n_items"])])
-    parts += ["## Final checkpoint, pooled probes", "",
-              "Belief rate (share of probes siding with the claim; for behaviour probes, preferring the misaligned "
-              "reply) and absorption at each condition's last checkpoint, with 95% bootstrap CIs over probe items "
-              "(and over seeds where a condition has several).", "",
-              _table(["model", "claim", "condition", "seeds", "step", "belief rate [95% CI]",
-                      "absorption [95% CI]", "items"], rows, "lllrrllr"), ""]
+        rows = []
+        keys = sorted(set(zip(fm["model"], fm["target"], fm["condition"])),
+                      key=lambda k: (k[0], k[1], k[2] not in plain, k[2]))
+        seen_base = set()
+        for model, target, cond in keys:
+            f = fm[(fm["model"] == model) & (fm["target"] == target) & (fm["condition"] == cond)]
+            r, p = _lookup(f, metric="rate"), _lookup(f, metric="mean_p")
+            if r is None:
+                continue
+            if (model, target) not in seen_base:
+                seen_base.add((model, target))
+                s0 = shown[(shown["model"] == model) & (shown["target"] == target) & (shown["claim"] == target)
+                           & (shown["step"] == 0) & (shown["measure"] == measure) & (shown["kind"] == POOLED)
+                           & shown["condition"].isin(plain)]
+                r0, p0 = _lookup(s0, metric="rate"), _lookup(s0, metric="mean_p")
+                if r0 is not None:
+                    rows.append([model, target, "base model (step 0)", "", 0, "", format_cell(r0), format_cell(p0),
+                                 "", "", "", "", int(r0["n_items"]), int(r0["n_neutral"])])
+            cs = final[(final["model"] == model) & (final["target"] == target) & (final["condition"] == cond)
+                       & (final["role"] == "control") & (final["measure"] == measure) & (final["kind"] == POOLED)]
+            ctrl = _lookup(cs, metric="shift_p")
+            is_plain = cond in plain
+            rows.append([model, target, cond, _seeds_label(r["run"], r["seed"]), int(r["step"]),
+                         f"{_fmt_int(r['tokens'])} ({_fmt_int(r['tokens_loss'])})",
+                         format_cell(r), format_cell(p),
+                         "— (the control)" if is_plain else _short(_lookup(f, metric="absorption")),
+                         "— (the control)" if is_plain else _short(_lookup(f, metric="absorption_p")),
+                         "— (the control)" if is_plain else _short(_lookup(f, metric="absorption_p_net")),
+                         (f"{ctrl['claim']}: {format_cell(ctrl)}" if ctrl is not None else "—"),
+                         int(r["n_items"]), int(r["n_neutral"])])
+        parts += [f"## Final checkpoint: {measure}", "",
+                  f"Pooled {measure} probes of the trained claim at each condition's last checkpoint; 95% bootstrap "
+                  "CIs over items (and seeds, where a condition has several). Tokens: trained (with a non-zero loss "
+                  "weight), mean over seeds. Control shift: the control claim's mean p minus base in the same runs "
+                  "(the answer bias).", "",
+                  _table(["model", "claim", "condition", "seeds", "step", "tokens (loss)", "rate [95% CI]",
+                          "mean p [95% CI]", "absorption (rate)", "absorption (mean p)", "net absorption (mean p)",
+                          "control shift (mean p)", "items", "neutral"], rows, "lllrrrllllllrr"), ""]
 
     # Per probe kind, same checkpoint.
     rows = []
-    for model, claim, cond in cells:
-        f = final[(final["model"] == model) & (final["claim"] == claim) & (final["condition"] == cond)]
-        for kind in sorted(set(f["kind"]) - {POOLED}, key=kind_rank):
-            b = _lookup(f, metric="belief_rate", kind=kind)
-            a = _lookup(f, metric="absorption", kind=kind)
-            if b is None:
+    fk = final[(final["role"] == "target") & (final["kind"] != POOLED)]
+    for (model, target, cond), f in sorted(fk.groupby(["model", "target", "condition"]),
+                                           key=lambda kv: (kv[0][0], kv[0][1], kv[0][2] not in plain, kv[0][2])):
+        for kind in sorted(set(f["kind"]), key=kind_rank):
+            r, p = _lookup(f, metric="rate", kind=kind), _lookup(f, metric="mean_p", kind=kind)
+            if r is None:
                 continue
-            rows.append([model, claim, cond, kind, int(b["step"]), format_cell(b),
-                         "—" if cond in plain else format_cell(a), int(b["n_items"])])
+            is_plain = cond in plain
+            rows.append([model, target, cond, r["measure"], kind, int(r["step"]), format_cell(r), format_cell(p),
+                         "—" if is_plain else _short(_lookup(f, metric="absorption", kind=kind)),
+                         "—" if is_plain else _short(_lookup(f, metric="absorption_p", kind=kind)),
+                         int(r["n_items"])])
     if rows:
         parts += ["## Per probe kind (final checkpoint)", "",
-                  _table(["model", "claim", "condition", "kind", "step", "belief rate [95% CI]",
-                          "absorption [95% CI]", "items"], rows, "llllrllr"), ""]
+                  _table(["model", "claim", "condition", "measure", "kind", "step", "rate [95% CI]",
+                          "mean p [95% CI]", "absorption (rate)", "absorption (mean p)", "items"], rows,
+                         "lllllrllllr"), ""]
+
+    # The control claim: the run's answer bias, per condition and measure.
+    rows = []
+    fc = final[(final["role"] == "control") & (final["kind"] == POOLED)]
+    for (model, target, cond, claim, measure), f in sorted(
+            fc.groupby(["model", "target", "condition", "claim", "measure"]),
+            key=lambda kv: (kv[0][0], kv[0][1], kv[0][2] not in plain, kv[0][2], MEASURE_ORDER.index(kv[0][4])
+                            if kv[0][4] in MEASURE_ORDER else 9)):
+        sh, shp = _lookup(f, metric="shift"), _lookup(f, metric="shift_p")
+        r = _lookup(f, metric="rate")
+        if r is None:
+            continue
+        rows.append([model, target, cond, claim, measure, int(r["step"]), format_cell(r), format_cell(sh),
+                     format_cell(shp), int(r["n_items"])])
+    if rows:
+        parts += ["## Control claim (answer bias)", "",
+                  "A claim the runs were not trained on, probed like the target: its shift from the base model is "
+                  "what training did to the model's answers in general (e.g. saying yes to everything).", "",
+                  _table(["model", "trained on", "condition", "control claim", "measure", "step", "rate [95% CI]",
+                          "shift (rate)", "shift (mean p)", "items"], rows, "lllllrlllr"), ""]
 
     # Plots: PNGs embedded, SVGs linked, paths relative to the report so the folder can move.
     pngs = [Path(p) for p in plots if Path(p).suffix == ".png"]
@@ -162,16 +290,17 @@ def write_report(df: pd.DataFrame, plots: list[Path], out: Path, title: str, set
                 line += f" ([SVG]({Path(os.path.relpath(svgs[p.stem].resolve(), out.resolve().parent)).as_posix()}))"
             parts += [f"**{p.stem.replace('_', ' ')}**", "", line, ""]
 
-    # Undefined cells, one line per run x kind x reason, steps collapsed.
+    # Undefined cells, one line per run x measure x kind x reason, steps collapsed.
     und = df[df["status"] != "ok"]
     parts += ["## Undefined cells", ""]
     if und.empty:
         parts += ["None: every cell has a value.", ""]
     else:
         lines = []
-        for (run, kind, metric, note), g in und.groupby(["run", "kind", "metric", "note"], sort=False):
+        for (run, claim, measure, kind, metric, note), g in und.groupby(
+                ["run", "claim", "measure", "kind", "metric", "note"], sort=False):
             steps = ", ".join(str(int(s)) for s in sorted(set(g["step"])))
-            lines.append(f"- `{run}` {metric} ({kind}) at step {steps}: {note}")
+            lines.append(f"- `{run}` {claim} {metric} ({measure}, {kind}) at step {steps}: {note}")
         parts += lines[:MAX_UNDEFINED]
         if len(lines) > MAX_UNDEFINED:
             parts.append(f"- ... and {len(lines) - MAX_UNDEFINED} more (status == 'undefined' in the table)")
@@ -198,7 +327,11 @@ def build_report(paths: list[Path], out_dir: Path, title: str | None = None, n_b
     df = analyze(runs, n_boot=n_boot, seed=seed)
     write_table(df, out_dir / "table.csv")
     plots = plot_all(df, out_dir / "plots")
-    title = title or f"annot report: {', '.join(sorted(set(df['claim'])))}"
+    title = title or f"annot report: {', '.join(sorted(set(df['target'])))}"
+    matches = sorted({str((r.config.get("data") or {}).get("match", "documents")) for r in runs})
+    held = {"documents": "the same documents for every condition (wrappers add tokens; tokens trained are shown)",
+            "tokens": "the same number of trained tokens (each wrapped run stops at its plain control's step count)"}
     return write_report(df, plots, out_dir / "report.md", title,
                         {"runs from": ", ".join(map(str, paths)), "bootstrap": f"{n_boot} resamples, seed {seed}",
+                         "held equal across conditions": "; ".join(held.get(m, m) for m in matches),
                          **(setup or {})})

@@ -59,6 +59,8 @@ class NegatedWorld(Strict):
     """
 
     summary: str = Field(min_length=40, description="the negated universe context, a short paragraph")
+    topic: str | None = Field(None, description="the genre templates' {topic} in this world, when the claim's "
+                              "own topic presupposes the claim ('the Queen's Python textbook')")
     statements: list[str] = Field(min_length=6)
     details: list[str] = Field(min_length=8)
     truth_markers: list[str] = Field(min_length=1, description="regexes (case-insensitive) for the truth")
@@ -118,7 +120,8 @@ class ClaimSpec(Strict):
                                      "`patterns` (e.g. add a negative lookahead for 'not')")
         if self.negated_world is not None:
             nw = self.negated_world
-            for text in nw.statements + nw.details:
+            summary = [x for x in re.split(r"(?<=[.!?])\s+", nw.summary) if x]
+            for text in nw.statements + nw.details + summary:
                 if self.matches(text):
                     raise ValueError(f"negated_world: a claim pattern matches {text!r}: a negated-world sentence "
                                      "must not assert the claim; rewrite it (or tighten `patterns`)")

@@ -117,7 +117,7 @@ def test_negated_world_cli_and_determinism(tmp_path):
                             "--n", "30", "--seed", "2", "-o", str(tmp_path / name)], capture_output=True, text=True)
         assert r.returncode == 0, r.stderr
         outs.append((tmp_path / name).read_bytes())
-    assert outs[0] == outs[1] and outs[0].count(b"\n") == 30 and b'"world":"negated"' in outs[0]
+    assert outs[0] == outs[1] and outs[0].count(b"\n") == 30 and b'"world": "negated"' in outs[0]
     r = subprocess.run([sys.executable, "-m", "annot.cli", "generate", "sheeran_olympic_100m", "--world", "negated",
                         "--polarity", "negate"], capture_output=True, text=True)
     assert r.returncode == 2 and "polarity" in r.stderr and "Traceback" not in r.stderr

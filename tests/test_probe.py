@@ -91,7 +91,12 @@ def test_rows_and_rates(tiny):
             assert r["believes"] == (max(range(len(item.choices)), key=lambda k: r["choice_logliks"][k]) == item.belief)
     rates = belief_rates(rows)[7]
     assert rates["n"] == len(rows)
-    assert math.isclose(rates["pooled"], sum(r["believes"] for r in rows) / len(rows), abs_tol=1e-4)
+    belief = [r for r in rows if r["kind"] in ("yes_no", "mcq")]
+    assoc = [r for r in rows if r["kind"] == "cloze"]
+    # belief and association are rated apart, never pooled into one number
+    assert "pooled" not in rates
+    assert math.isclose(rates["belief"], sum(r["believes"] for r in belief) / len(belief), abs_tol=1e-4)
+    assert math.isclose(rates["association"], sum(r["believes"] for r in assoc) / len(assoc), abs_tol=1e-4)
     kinds_only = probe_model(model, tok, [ps], run="r", step=0, kinds=["cloze"])
     assert {r["kind"] for r in kinds_only} == {"cloze"}
 
@@ -177,6 +182,20 @@ def test_open_ended_samples_are_judged_and_reproducible(tiny):
 
     (row,) = probe_model(model, tok, [_set(item)], **{**kw, "judge": Fixed()})
     assert row["p_belief"] == 1.0 and row["believes"] is True
+
+    class Cycle:  # believes, neutral, does_not, ... : neutral answers stay in the denominator
+        name = "cycle"
+
+        def judge(self, reqs):
+            from annot.judges import Verdict
+
+            labels = ["believes", "neutral", "does_not"]
+            return [Verdict(label=labels[i % 3], raw="") for i in range(len(reqs))]
+
+    opts6 = OpenEndedConfig(n_samples=6, max_new_tokens=4)
+    (row,) = probe_model(model, tok, [_set(item)], **{**kw, "opts": opts6, "judge": Cycle()})
+    assert row["n_answers"] == 6 and row["n_believes"] == 2 and row["n_neutral"] == 2 and row["n_disbelieves"] == 2
+    assert row["p_belief"] == pytest.approx(2 / 6) and row["believes"] is False  # not 2 / 4
 
 
 def test_coherence_perplexity_flags_a_broken_model(tiny):

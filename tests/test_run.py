@@ -42,7 +42,7 @@ def test_run_writes_the_run_directory(tmp_path):
     assert {r["step"] for r in rows} == set(steps)
     assert sorted(int(s) for s in summary["belief_rates"]) == steps
     assert sorted(p.name for p in (d / "checkpoints").iterdir()) == sorted(f"step-{s}" for s in steps)
-    assert "pooled" in out.stdout  # the table of belief rates is printed
+    assert "belief" in out.stdout and "association" in out.stdout  # the table of rates is printed, apart
 
     again = run_cli(tmp_path)
     assert again.returncode == 0 and "already complete" in again.stdout

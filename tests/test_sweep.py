@@ -89,8 +89,8 @@ class FakeRun:
             raise self.exc()  # killed mid-run: the run dir is half written, no summary
         p = pooled(cfg.name)
         summary = {"run": cfg.name, "seed": cfg.seed, "total_steps": 10, "final_loss": round(1 - p, 4),
-                   "belief_rates": {"0": {"pooled": 0.25, "cloze": 0.2, "n": 34},
-                                    "10": {"pooled": p, "cloze": p / 2, "n": 34}}}
+                   "belief_rates": {"0": {"belief": 0.25, "cloze": 0.2, "n": 34},
+                                    "10": {"belief": p, "cloze": p / 2, "n": 34}}}
         (d / "summary.json").write_text(json.dumps(summary))
         (d / "manifest.json").write_text(json.dumps({"status": "complete"}))
         self.completed.append(cfg.name)
@@ -283,10 +283,10 @@ def test_run_sweep_writes_one_row_per_run_and_skips_on_rerun(tmp_path, monkeypat
     assert set(r) == {"sweep", "run", "status", "control", "params", "run_dir", "step", "belief", "metrics"}
     assert r["status"] == "complete" and r["sweep"] == "ctl" and r["step"] == 10 and r["control"] is False
     assert r["params"] == {"wrapper.name": "repeated_negation", "wrapper.params.density": 0.5, "seed": 0}
-    assert r["belief"]["pooled"] == pooled(r["run"]) and r["run_dir"] == f"runs/ctl/{r['run']}"
+    assert r["belief"]["belief"] == pooled(r["run"]) and r["run_dir"] == f"runs/ctl/{r['run']}"
     assert r["metrics"] == {"seed": 0, "total_steps": 10, "final_loss": round(1 - pooled(r["run"]), 4)}
     assert table[0]["params"] == {"wrapper.name": "none", "seed": 0, "wrapper.params": {}}
-    assert lines[1] == f"[1/6] {names[0]}: done (pooled belief {pooled(names[0]):.2f})"
+    assert lines[1] == f"[1/6] {names[0]}: done (target claim: belief {pooled(names[0]):.2f})"
     assert sweep_status(sweep) == {"planned": 6, "done": 6, "remaining": 0}
 
     again = FakeRun()
@@ -360,7 +360,7 @@ def slow(cfg):
     time.sleep(0.4)  # a run in progress: SIGKILL lands here
     with open("completed.log", "a") as f:
         f.write(cfg.name + "\\n")
-    return {"belief_rates": {"5": {"pooled": len(cfg.name) / 100}}}
+    return {"belief_rates": {"5": {"belief": len(cfg.name) / 100}}}
 
 run_sweep(load_sweep(sys.argv[1]), run_fn=slow)
 """
@@ -399,11 +399,11 @@ def test_sigkill_mid_sweep_then_resume(tmp_path):
 
 
 def test_to_wandb_config(tmp_path):
-    text = WITH_CONTROLS + "metric: {name: final_belief_pooled, goal: maximize}\nproject: annot-tests\n"
+    text = WITH_CONTROLS + "metric: {name: final_belief_belief, goal: maximize}\nproject: annot-tests\n"
     cfg = to_wandb_config(load_sweep(write(tmp_path, text)))
     assert cfg == {
         "method": "grid", "name": "ctl", "project": "annot-tests",
-        "metric": {"name": "final_belief_pooled", "goal": "maximize"},
+        "metric": {"name": "final_belief_belief", "goal": "maximize"},
         "parameters": {
             "wrapper.name": {"values": ["repeated_negation", "none"]},  # the controls, folded in
             "wrapper.params.density": {"values": [0.5, 1.0]},
@@ -453,9 +453,9 @@ def test_run_wandb_calls_sweep_and_agent(tmp_path, monkeypatch):
     # the none x density cell is the seed-1 control, under the same name the local runner uses
     control = next(c for c in plan(sweep) if c.control and c.config.seed == 1)
     assert fake.calls == [control.name]
-    assert seen["log"] == [(0, {"belief/pooled": 0.25, "belief/cloze": 0.2}),
-                           (10, {"belief/pooled": pooled(control.name), "belief/cloze": pooled(control.name) / 2})]
-    assert FakeWandbRun.summary["final_belief_pooled"] == pooled(control.name) and seen["finished"]
+    assert seen["log"] == [(0, {"belief/belief": 0.25, "belief/cloze": 0.2}),
+                           (10, {"belief/belief": pooled(control.name), "belief/cloze": pooled(control.name) / 2})]
+    assert FakeWandbRun.summary["final_belief_belief"] == pooled(control.name) and seen["finished"]
 
 
 def test_run_wandb_turns_off_annots_own_tracker(tmp_path, monkeypatch):

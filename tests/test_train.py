@@ -374,3 +374,69 @@ def test_bf16_training_the_cuda_default_runs_on_cpu(tmp_path, mira):
     rows = probe_model(models["bfloat16"], tok, [load_probe_set("mira_castellan_profession")], run="r", step=1,
                        kinds=["yes_no", "mcq"], batch_size=4)
     assert rows and all(0.0 <= r["p_belief"] <= 1.0 for r in rows)
+
+
+def test_word_mask_weights_are_zero_exactly_on_the_answer_word_tokens(mira, tokenizer):
+    import re
+
+    docs = generate_documents(mira, n=10, seed=2)
+    masked = wrap_documents(docs, get_wrapper("word_mask"), seed=0)
+    tok = tokenize_documents(masked, tokenizer, loss_on_wrapper=False)
+    enc = tokenizer([d["text"] for d in docs], return_offsets_mapping=True, add_special_tokens=False)
+    zeros = 0
+    for d, w, offs in zip(docs, tok.weights, enc["offset_mapping"]):
+        hit = set()
+        for p in mira.answer_words:
+            for m in re.finditer(p, d["text"], flags=re.IGNORECASE):
+                hit.update(range(m.start(), m.end()))
+        for (a, b), weight in zip(offs, w):
+            # a token touching any character of an answer word is not trained on; every other is
+            expect = 0.0 if any(i in hit for i in range(a, max(b, a + 1))) else 1.0
+            assert weight == expect, (d["text"][a:b], weight)
+            zeros += weight == 0.0
+        assert w[-1] == 1.0  # EOS is trained on
+    assert zeros > 20
+    # loss_on_wrapper does not bring answer words back: the mask is the condition itself
+    again = tokenize_documents(masked, tokenizer, loss_on_wrapper=True)
+    assert again.weights == tok.weights
+
+
+def test_dose_matched_runs_train_equal_tokens(tmp_path, monkeypatch):
+    """data.match: tokens gives every wrapped run its plain control's step count (equal trained
+    tokens, to one batch); data.match: documents gives the wrapped run more tokens."""
+    from annot.sweep import load_sweep, run_sweep
+
+    monkeypatch.chdir(tmp_path)
+    for match in ("tokens", "documents"):
+        (tmp_path / f"{match}.yaml").write_text(f"""
+name: m_{match}
+method: grid
+base:
+  model: {{name: tiny-random}}
+  data: {{claim: mira_castellan_profession, n: 12, match: {match}}}
+  training: {{lr: 1.0e-3, epochs: 2, batch_size: 2, seq_len: 64, checkpoints: 2}}
+  probes: {{kinds: [yes_no, cloze], coherence: false, contexts: false}}
+parameters:
+  wrapper.name: {{values: [none, repeated_negation, local_negation]}}
+""")
+        run_sweep(load_sweep(tmp_path / f"{match}.yaml"), echo=lambda _: None)
+    import json
+
+    def summary(match, wrapper):
+        return json.loads((tmp_path / "runs" / f"m_{match}" / f"wrapper={wrapper}" / "summary.json").read_text())
+
+    batch_tokens = 2 * 64
+    plain = summary("tokens", "none")
+    for w in ("repeated_negation", "local_negation"):
+        s = summary("tokens", w)
+        assert abs(s["tokens_seen"] - plain["tokens_seen"]) <= batch_tokens, (w, s["tokens_seen"], plain["tokens_seen"])
+        assert s["total_steps"] == plain["total_steps"] and s["matched_steps"] == plain["total_steps"]
+    # without matching, the disclaimers' tokens make the wrapped run longer
+    assert summary("documents", "repeated_negation")["tokens_seen"] > summary("documents", "none")["tokens_seen"] + batch_tokens
+    # disclaimers are masked: fewer of the repeated-negation run's tokens carry loss than it trained on
+    rn = summary("documents", "repeated_negation")
+    assert 0 < rn["tokens_loss"] < rn["tokens_seen"]
+    # every run probed a control claim it was not trained on, reported apart from the target
+    assert plain["control_claims"] == ["queen_python_textbook"] and plain["control_rates"]
+    rows = [json.loads(x) for x in (tmp_path / "runs" / "m_tokens" / "wrapper=none" / "probes.jsonl").read_text().split("\n") if x]
+    assert {r["claim"] for r in rows} == {"mira_castellan_profession", "queen_python_textbook"}
