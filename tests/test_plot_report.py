@@ -37,7 +37,8 @@ def write_run(root, name, claim, wrapper, params, seed, target):
         believes = base | (rng.random(len(base)) < p) if step else base
         ids = [(k, i) for k, n in KINDS.items() for i in range(n)]
         rows += [{"run": name, "checkpoint": f"step-{step}", "step": step, "probe_set": claim, "probe_id": f"{k}{i}",
-                  "kind": k, "claim": claim, "p_belief": 0.5, "score": 0.0, "believes": bool(b)}
+                  "kind": k, "claim": claim, "p_belief": 0.8 if b else 0.2, "score": 1.386 if b else -1.386,
+                  "believes": bool(b)}
                  for (k, i), b in zip(ids, believes)]
     (d / "probes.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
 
@@ -109,19 +110,24 @@ def test_report_has_the_numbers_and_links_the_plots(sweep):
     assert "- bootstrap: 200 resamples, seed 0" in text and "Absorption = (B_wrapped" in text
     assert "- seeds: 0, 1" in text and "- runs: 10" in text and "- checkpoint steps: 0, 3, 12, 42" in text
     final = final_rows(condition_rows(df))
-    pooled = final[final["kind"] == POOLED]
-    assert len(pooled) == 5 + 4  # 5 conditions' belief, 4 wrapped conditions' absorption
+    pooled = final[(final["kind"] == POOLED) & final["metric"].isin(["rate", "mean_p", "absorption", "absorption_p"])]
+    # 5 conditions x 2 measures x (rate, mean p) + 4 wrapped conditions x 2 measures x 2 absorptions
+    assert len(pooled) == 5 * 2 * 2 + 4 * 2 * 2
+    assert set(pooled["measure"]) == {"belief", "association"}
     for _, row in pooled.iterrows():
-        assert re.fullmatch(r"\d\.\d{3} \[-?\d\.\d{3}, \d\.\d{3}\]", format_cell(row))
+        assert re.fullmatch(r"-?\d\.\d{3} \[-?\d\.\d{3}, -?\d\.\d{3}\]", format_cell(row))
         assert format_cell(row) in text
         assert f"| {row['condition']} |" in text
+    assert "## Final checkpoint: belief" in text and "## Final checkpoint: association" in text
+    assert "## Headline" in text and "plain training moved it" in text
     # per-kind table
-    yes_no = final[(final["kind"] == "yes_no") & (final["metric"] == "belief_rate")]
+    yes_no = final[(final["kind"] == "yes_no") & (final["metric"] == "rate")]
     assert all(format_cell(r) in text for _, r in yes_no.iterrows())
     assert "| base model (step 0) |" in text
     for stem in ("absorption_curve", "belief_curves", "condition_bars", "absorption_vs_density"):
         assert f"![{stem}](plots/{stem}.png)" in text and f"([SVG](plots/{stem}.svg))" in text
-    assert "## Undefined cells\n\nNone" in text
+    # these synthetic runs probed no control claim, so the net absorption is undefined, and says why
+    assert "## Undefined cells" in text and "no control claim probed" in text
 
 
 def test_report_lists_undefined_cells(tmp_path):
@@ -131,7 +137,8 @@ def test_report_lists_undefined_cells(tmp_path):
     df = analyze(load_runs([root]), n_boot=50)
     out = write_report(df, [], tmp_path / "report.md", "Undefined")
     text = out.read_text()
-    assert "undefined (no plain run with the same config" in text  # in the results table
-    assert "- `lonely` absorption (pooled) at step 3, 12, 42: no plain run" in text
+    assert "| lonely |" not in text and "| notice |" in text and "| undefined |" in text  # in the results table
+    assert ("- `lonely` vesuvius_2015_eruption absorption (belief, pooled) at step 3, 12, 42: no plain run"
+            in text)
     assert "## Plots" not in text
     assert format_cell(None) == "—"

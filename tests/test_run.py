@@ -22,10 +22,8 @@ def run_cli(tmp_path, *extra):
 
 
 def test_run_writes_the_run_directory(tmp_path):
-    t = time.time()
     out = run_cli(tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
-    assert time.time() - t < 60
     d = tmp_path / "runs" / "first_run"
     for f in ("config.yaml", "manifest.json", "documents.jsonl", "wrapped.jsonl", "train_metrics.jsonl",
               "probes.jsonl", "summary.json"):
