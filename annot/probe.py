@@ -611,8 +611,16 @@ def probe_run(run_dir, sets: list[str] | None = None, kinds: list[str] | None = 
 
     run_dir = Path(run_dir)
     cfg = config_from_dict(read_yaml(run_dir / "config.yaml"), str(run_dir / "config.yaml"))
-    names = sets or cfg.probes.sets or [cfg.data.claim]
+    names = list(sets or cfg.probes.sets or [cfg.data.claim])
     loaded = [load_probe_set(n) for n in names]
+    if not sets and cfg.data.claim:  # the run's control claim too, as the run itself probed it
+        from annot.run import control_set
+        from annot.specs import load_claim
+
+        control = control_set(cfg, load_claim(cfg.data.claim).id, [ps.claim for ps in loaded])
+        if control:
+            names.append(control[0])
+            loaded.append(control[1])
     from annot.train import complete_checkpoints
 
     ckpts = complete_checkpoints(run_dir)  # a checkpoint cut off while saving is skipped
