@@ -28,6 +28,7 @@ recorded there, so a killed sweep resumes without repeating or losing a run.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import itertools
@@ -529,13 +530,12 @@ def result_row(sweep: Sweep, cell: Cell, summary: dict) -> dict:
 
 
 def _append_row(path: Path, row: dict) -> None:
-    # Rewrite old rows + the new one through a temp file, fsync and rename (atomic_write_text) rather
-    # than appending in place: a kill at any instant leaves the old table or the new one, never a
-    # torn last line. Tables hold one row per run, so rewriting them is cheap.
-    old = path.read_text(encoding="utf-8") if path.is_file() else ""
-    if old and not old.endswith("\n"):
-        old += "\n"
-    atomic_write_text(path, old + dumps_jsonl([row]))
+    # Rewrite old rows + the new one through a temp file, fsync and rename rather than appending in
+    # place: a kill at any instant leaves the old table or the new one, never a torn last line. Under
+    # a file lock, and only if the run has no row yet: two sweep processes never lose or double a row.
+    from annot.lock import append_row_once
+
+    append_row_once(path, row, key="run")
 
 
 def run_sweep(sweep: Sweep, run_fn: Callable[[RunConfig], dict] = run, echo: Callable[[str], None] = print,
@@ -555,23 +555,39 @@ def run_sweep(sweep: Sweep, run_fn: Callable[[RunConfig], dict] = run, echo: Cal
         echo = lambda _line: None  # noqa: E731
     total = len(cells)
     _warn_disk(sweep, cells, done, echo)
-    for i, cell in enumerate(cells, 1):
-        if cell.name in done:
-            echo(f"[{i}/{total}] {cell.name}: skip (already done)")
-            continue
-        echo(f"[{i}/{total}] {cell.name}: running")
-        try:
-            summary = run_fn(cell.config) or {}
-        except AnnotError as e:
-            raise AnnotError(f"{sweep.path}: run {cell.name}: {e}") from None
-        done.add(cell.name)
-        if not main:
-            continue
-        row = result_row(sweep, cell, summary)
-        _append_row(sweep.results_path, row)
-        pooled = row["belief"].get("pooled")
-        tail = f" (pooled belief {pooled:.2f})" if _is_number(pooled) else ""
-        echo(f"[{i}/{total}] {cell.name}: done{tail}")
+    from annot.errors import RunTaken
+    from annot.lock import run_lock
+
+    taken = []
+    for wait in (False, True):  # first every free cell; then wait for the cells other processes held
+        for i, cell in (enumerate(cells, 1) if not wait else taken):
+            if cell.name in done:
+                echo(f"[{i}/{total}] {cell.name}: skip (already done)")
+                continue
+            try:
+                # the cell's lock is held across its run and its results row (two sweeps, one directory)
+                with run_lock(cell.config.run_dir, wait=wait) if main else contextlib.nullcontext():
+                    done |= _done(sweep)  # another process may have finished it meanwhile
+                    if cell.name in done:
+                        echo(f"[{i}/{total}] {cell.name}: skip (done by another process)")
+                        continue
+                    echo(f"[{i}/{total}] {cell.name}: running")
+                    try:
+                        summary = run_fn(cell.config) or {}
+                    except AnnotError as e:  # same class: a failed run keeps exit code 1, bad input 2
+                        raise type(e)(f"{sweep.path}: run {cell.name}: {e}") from None
+                    done.add(cell.name)
+                    if not main:
+                        continue
+                    row = result_row(sweep, cell, summary)
+                    _append_row(sweep.results_path, row)
+            except RunTaken:
+                echo(f"[{i}/{total}] {cell.name}: taken by another annot process; moving on, back to it at the end")
+                taken.append((i, cell))
+                continue
+            pooled = row["belief"].get("pooled")
+            tail = f" (pooled belief {pooled:.2f})" if _is_number(pooled) else ""
+            echo(f"[{i}/{total}] {cell.name}: done{tail}")
     return sweep.results_path
 
 
