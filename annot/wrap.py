@@ -16,6 +16,7 @@ its resolved parameters and the seed.
 from __future__ import annotations
 
 import importlib
+import math
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -89,6 +90,8 @@ def _check_param(wrapper: str, key: str, value, p: dict):
         raise AnnotError(f"wrapper {wrapper}: parameter {key} must be a {t}, got {value!r}")
     if t == "float":
         value = float(value)
+        if not math.isfinite(value):
+            raise AnnotError(f"wrapper {wrapper}: parameter {key} must be a finite number, got {value}")
     if "choices" in p:
         vals = value if isinstance(value, list) else [value]
         bad = [v for v in vals if v not in p["choices"]]
