@@ -40,7 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from annot.config import RunConfig, apply_overrides, config_from_dict
+from annot.config import RunConfig, apply_overrides, config_from_dict, reject_non_finite
 from annot.errors import AnnotError
 from annot.io import atomic_write_text, dumps_jsonl, read_jsonl, read_yaml
 from annot.run import check_inputs, is_main_process, run
@@ -189,6 +189,7 @@ def _check_spec(path: Path, method: str, key, spec) -> None:
                          f"got {type(spec).__name__}")
     if "parameters" in spec:
         raise AnnotError(f"{where}: nested parameters are not supported; write dotted keys like training.lr")
+    reject_non_finite(spec, where)
     bad = [k for k in spec if k not in SPEC_KEYS]
     if bad:
         raise AnnotError(f"{where}: unknown key(s) {', '.join(map(str, bad))}; valid: {', '.join(SPEC_KEYS)}")
