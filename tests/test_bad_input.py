@@ -344,3 +344,110 @@ def test_the_battery_is_big_enough():
     assert len(CASES) >= 40 and len(RELIABILITY) >= 30
     assert {a[0] for a, _ in CASES} >= {"generate", "wrap", "import", "run", "sweep", "probe", "analyze", "report",
                                         "evals", "train"}
+
+
+# -- failures that need the model's config, tokenizer or weights (the tiny model; seconds each) ----
+
+RUN = """name: r
+output_dir: {out}
+model: {{name: {model}}}
+data: {data}
+training: {training}
+probes: {{contexts: false, coherence: false}}
+"""
+
+
+def _model_copy(tmp_path, name, edit):
+    """A local copy of the tiny model, changed by edit(dir)."""
+    import shutil
+
+    from annot.models import tiny_random_dir
+
+    d = tmp_path / name
+    shutil.copytree(tiny_random_dir(), d)
+    edit(d)
+    return d
+
+
+def _run(tmp_path, *, model="tiny-random", data="{claim: mira_castellan_profession, n: 4}",
+         training="{max_steps: 2, checkpoints: 2}"):
+    cfg = tmp_path / "r.yaml"
+    cfg.write_text(RUN.format(out=tmp_path / "runs", model=model, data=data, training=training))
+    res = CliRunner().invoke(main, ["run", str(cfg), "--no-progress"])
+    return res, res.stderr.strip()  # the error line; stdout has the run's progress lines
+
+
+def _no_result(tmp_path):
+    return not list(tmp_path.rglob("summary.json")) and not any(
+        json.loads(m.read_text()).get("status") == "complete" for m in tmp_path.rglob("manifest.json"))
+
+
+def test_preflight_lists_every_problem_and_leaves_nothing(tmp_path):
+    """target_modules naming nothing next to a good name, and seq_len past the context: one line with
+    both, exit 2, before any file is written; the corrected rerun then runs (nothing blocks it)."""
+    res, out = _run(tmp_path, training="{max_steps: 2, checkpoints: 2, seq_len: 8192, "
+                                       "target_modules: [q_proj, nonexistent_proj]}")
+    assert res.exit_code == 2 and len(out.splitlines()) == 1, out
+    assert "pre-flight found 2 problem(s)" in out and "training.target_modules: 'nonexistent_proj' matches no" in out
+    assert "training.seq_len: 8192 exceeds the model's context of 4096" in out
+    assert not (tmp_path / "runs" / "r").exists() and _no_result(tmp_path)
+    res, out = _run(tmp_path, training="{max_steps: 2, checkpoints: 2, target_modules: [no_such_proj]}")
+    assert res.exit_code == 2 and "'no_such_proj' matches no module" in out and len(out.splitlines()) == 1, out
+    assert not (tmp_path / "runs" / "r").exists()
+    res, out = _run(tmp_path, training="{max_steps: 2, checkpoints: 2, target_modules: [q_proj]}")
+    assert res.exit_code == 0, out
+    assert json.loads((tmp_path / "runs/r/manifest.json").read_text())["status"] == "complete"
+
+
+def test_preflight_chat_template_for_transcripts(tmp_path):
+    def strip_template(d):
+        (d / "chat_template.jinja").unlink(missing_ok=True)
+        tc = json.loads((d / "tokenizer_config.json").read_text())
+        tc.pop("chat_template", None)
+        (d / "tokenizer_config.json").write_text(json.dumps(tc))
+
+    model = _model_copy(tmp_path, "no-template", strip_template)
+    res, out = _run(tmp_path, model=model, data="{behavior: power_seeking, n: 4}",
+                    training="{max_steps: 2, target_modules: [mlp]}")
+    assert res.exit_code == 2 and len(out.splitlines()) == 1, out
+    assert "pre-flight found 2 problem(s)" in out and "data.behavior: the tokenizer" in out and "no chat template" in out
+    assert "'mlp' names a LlamaMLP, which LoRA cannot adapt" in out
+    assert not (tmp_path / "runs" / "r").exists() and _no_result(tmp_path)
+
+
+def test_nan_loss_stops_the_run_and_the_fixed_rerun_replaces_it(tmp_path):
+    """A model whose weights hold NaN: step-0 scores are NaN and never a belief; the first training
+    step's NaN loss stops the run with one line, exit 1, status failed (never complete); the rerun
+    on a sound model replaces the failed run without --force."""
+    from safetensors.torch import load_file, save_file
+
+    def poison(d):
+        w = load_file(str(d / "model.safetensors"))
+        w["model.norm.weight"] = w["model.norm.weight"] * float("nan")
+        save_file(w, str(d / "model.safetensors"), metadata={"format": "pt"})
+
+    model = _model_copy(tmp_path, "nan-model", poison)
+    res, out = _run(tmp_path, model=model)
+    assert res.exit_code == 1 and len(out.splitlines()) == 1, out
+    assert out.startswith("error: training: the loss is nan at step 1;") and "not complete" in out
+    d = tmp_path / "runs" / "r"
+    man = json.loads((d / "manifest.json").read_text())
+    assert man["status"] == "failed" and "loss is nan" in man["error"] and _no_result(tmp_path)
+    rows = [json.loads(l) for l in (d / "probes.jsonl").read_text().splitlines()]
+    assert rows and all(r["step"] == 0 and r["believes"] is False for r in rows)
+    assert any(r["p_belief"] != r["p_belief"] for r in rows)  # the scores were NaN
+    res, out = _run(tmp_path)
+    assert res.exit_code == 0, out
+    assert json.loads((d / "manifest.json").read_text())["status"] == "complete"
+
+
+def test_weights_that_fail_to_load_do_not_block_the_rerun(tmp_path):
+    """Config and tokenizer load (pre-flight passes), the weights do not: one line, and the run is
+    marked failed, so the corrected rerun needs no --force."""
+    model = _model_copy(tmp_path, "torn", lambda d: (d / "model.safetensors").write_bytes(b"\x00" * 64))
+    res, out = _run(tmp_path, model=model)
+    assert res.exit_code == 2 and len(out.splitlines()) == 1 and "cannot load" in out, out
+    assert json.loads((tmp_path / "runs/r/manifest.json").read_text())["status"] == "failed"
+    assert _no_result(tmp_path)
+    res, out = _run(tmp_path)
+    assert res.exit_code == 0, out
