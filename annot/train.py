@@ -494,7 +494,8 @@ def train(examples: list[dict], model, tokenizer, cfg: TrainingConfig, out_dir: 
     """Train on documents and/or transcripts; call `on_checkpoint(step, model)` at each checkpoint.
 
     resume=True continues from the newest complete checkpoint in out_dir (same data order, same
-    optimizer and RNG state), so the final weights and metrics equal an uninterrupted run's.
+    optimizer and RNG state), so the final weights and metrics equal an uninterrupted run's; that
+    checkpoint is handed to on_checkpoint again first (a kill may have come before its probes).
 
     Under `accelerate launch` each process trains its slice of every micro-batch. DDP: the main
     process saves and calls on_checkpoint while the others wait. FSDP (version 2): every process
