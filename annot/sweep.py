@@ -42,7 +42,7 @@ from typing import Any, Callable
 
 from annot.config import RunConfig, apply_overrides, config_from_dict, reject_non_finite
 from annot.errors import AnnotError
-from annot.io import atomic_write_text, dumps_jsonl, read_jsonl, read_yaml
+from annot.io import read_jsonl, read_yaml
 from annot.run import check_inputs, is_main_process, run
 from annot.specs import ROOT
 
@@ -678,11 +678,17 @@ def run_wandb(sweep: Sweep, project: str | None = None, count: int | None = None
     echo(f"{sweep.path}: W&B sweep {sweep_id} in project {project}")
 
     def agent_run() -> None:
+        from annot.errors import RunTaken
+
         wrun = wandb.init()
         try:
             cell = _agent_cell(sweep, dict(wrun.config))
             check_inputs(cell.config)
-            summary = run_fn(cell.config) or {}
+            try:
+                summary = run_fn(cell.config) or {}
+            except RunTaken as e:  # another agent on this machine runs the same cell (a plain control)
+                echo(str(e))
+                return
             for step, rates in sorted((summary.get("belief_rates") or {}).items(), key=lambda kv: int(kv[0])):
                 wrun.log({f"belief/{k}": v for k, v in rates.items() if k != "n"}, step=int(step))
             step, belief = _final(summary)
