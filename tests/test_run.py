@@ -78,14 +78,22 @@ def test_wandb_offline_run_files_are_written(tmp_path, monkeypatch):
             assert env_key not in f.read_text(errors="ignore"), f
 
 
+@pytest.fixture(scope="module")
+def clean4(tmp_path_factory) -> Path:
+    """An uninterrupted run with 4 checkpoints, which the interrupted runs are compared with."""
+    tmp = tmp_path_factory.mktemp("clean4")
+    clean = run_cli(tmp / "clean", "--set", "training.checkpoints=4", "--set", "data.n=16")
+    assert clean.returncode == 0, clean.stderr[-2000:]
+    return tmp
+
+
 @pytest.mark.parametrize("kill_index", [1, 2])
-def test_resume_an_interrupted_run_keeps_earlier_work(tmp_path, kill_index):
+def test_resume_an_interrupted_run_keeps_earlier_work(tmp_path, kill_index, clean4):
     """A run SIGKILLed right after a checkpoint resumes from it; the results equal a clean run's."""
     import os
     import signal
 
-    clean = run_cli(tmp_path / "clean", "--set", "training.checkpoints=4", "--set", "data.n=16")
-    assert clean.returncode == 0
+    tmp_path.joinpath("clean").symlink_to(clean4 / "clean")
     steps = json.loads((tmp_path / "clean/runs/first_run/summary.json").read_text())["checkpoints"]
     args = [sys.executable, "-m", "annot.cli", "run", str(CONFIG), "--no-progress", "--set", "model.name=tiny-random",
             "--set", "data.n=16", "--set", "training.epochs=1", "--set", "training.checkpoints=4",
@@ -269,19 +277,17 @@ def test_reprobing_saved_checkpoints_reproduces_the_run(tmp_path):
         assert abs(a["p_belief"] - b["p_belief"]) < 1e-4
 
 
-def test_resume_after_kills_between_checkpoint_and_probes_loses_no_row(tmp_path):
+def test_resume_after_kills_between_checkpoint_and_probes_loses_no_row(tmp_path, clean4):
     """Killed right after a checkpoint is saved and before its probes, at two checkpoints in turn,
     the run resumes twice and ends with every probe, coherence and belief-rate row of an
     uninterrupted run - none dropped, none doubled - and is complete only then."""
     import os
     import signal
 
-    common = ["--set", "data.n=16", "--set", "training.max_steps=10", "--set", "training.checkpoints=4"]
-    clean = run_cli(tmp_path / "clean", *common)
-    assert clean.returncode == 0, clean.stderr[-2000:]
-    c = tmp_path / "clean" / "runs" / "first_run"
+    common = ["--set", "data.n=16", "--set", "training.checkpoints=4"]
+    c = clean4 / "clean" / "runs" / "first_run"
     steps = json.loads((c / "summary.json").read_text())["checkpoints"]
-    assert steps == [0, 2, 5, 10]
+    assert len(steps) == 4
     d = tmp_path / "cut" / "runs" / "first_run"
     probed = lambda: sorted({json.loads(l)["step"] for l in (d / "probes.jsonl").read_text().splitlines()})
     for step in steps[1:3]:
