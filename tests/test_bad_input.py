@@ -451,3 +451,27 @@ def test_weights_that_fail_to_load_do_not_block_the_rerun(tmp_path):
     assert _no_result(tmp_path)
     res, out = _run(tmp_path)
     assert res.exit_code == 0, out
+
+
+def test_a_judge_that_stops_answering_fails_the_run(tmp_path, monkeypatch):
+    """Every judge request failing (nothing listens on the port) is a failure during the work: one
+    line, exit 1, the manifest says failed with the reason, nothing reads as complete."""
+    import socket
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setenv("ANNOT_TEST_JUDGE_KEY", "k")
+    cfg = tmp_path / "r.yaml"
+    cfg.write_text(RUN.format(out=tmp_path / "runs", model="tiny-random", data="{claim: mira_castellan_profession, n: 4}",
+                              training="{max_steps: 2, checkpoints: 2}").replace(
+        "probes: {contexts: false, coherence: false}",
+        "probes: {contexts: false, coherence: false, kinds: [open_ended], open_ended: {n_samples: 1, max_new_tokens: 4},"
+        f" judge: {{name: http, base_url: 'http://127.0.0.1:{port}/v1', model: m, api_key_env: ANNOT_TEST_JUDGE_KEY,"
+        " max_retries: 0, timeout: 5}}"))
+    res = CliRunner().invoke(main, ["run", str(cfg), "--no-progress"])
+    out = res.stderr.strip()
+    assert res.exit_code == 1 and len(out.splitlines()) == 1, out
+    assert "probes.judge: every one of" in out and "judge requests failed" in out
+    man = json.loads((tmp_path / "runs/r/manifest.json").read_text())
+    assert man["status"] == "failed" and "judge requests failed" in man["error"] and _no_result(tmp_path)
