@@ -5,7 +5,7 @@
 
 Run directory (runs/<name>/):
     config.yaml          the resolved config (every default filled in)
-    manifest.json        status (running|complete), package versions, data hashes, seed, git commit, times
+    manifest.json        status (running|complete|failed), package versions, data hashes, seed, git commit, times
     documents.jsonl      the source documents (generated or imported)
     wrapped.jsonl        the training examples (text + spans + wrapper provenance)
     checkpoints/step-N/  LoRA adapters at log-spaced steps (step-0 = the base model, no weights)
