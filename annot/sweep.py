@@ -34,6 +34,7 @@ import hashlib
 import itertools
 import json
 import math
+import os
 import random
 import re
 from dataclasses import dataclass
@@ -559,6 +560,10 @@ def run_sweep(sweep: Sweep, run_fn: Callable[[RunConfig], dict] = run, echo: Cal
     from annot.errors import RunTaken
     from annot.lock import run_lock
 
+    # Under accelerate launch the other processes follow the main one cell by cell, so they must make
+    # the same choices: the main process then waits for a taken cell instead of moving past it, and
+    # a cell another sweep finished meanwhile is run again (found complete at once; no second row).
+    launched = int(os.environ.get("WORLD_SIZE", "1")) > 1
     taken = []
     for wait in (False, True):  # first every free cell; then wait for the cells other processes held
         for i, cell in (enumerate(cells, 1) if not wait else taken):
@@ -567,8 +572,9 @@ def run_sweep(sweep: Sweep, run_fn: Callable[[RunConfig], dict] = run, echo: Cal
                 continue
             try:
                 # the cell's lock is held across its run and its results row (two sweeps, one directory)
-                with run_lock(cell.config.run_dir, wait=wait) if main else contextlib.nullcontext():
-                    done |= _done(sweep)  # another process may have finished it meanwhile
+                with run_lock(cell.config.run_dir, wait=wait or launched) if main else contextlib.nullcontext():
+                    if not launched:
+                        done |= _done(sweep)  # another process may have finished it meanwhile
                     if cell.name in done:
                         echo(f"[{i}/{total}] {cell.name}: skip (done by another process)")
                         continue
