@@ -369,8 +369,8 @@ def _run_main(cfg: RunConfig, subject, sets, wrapper_params: dict, progress: boo
     if missing:
         from annot.errors import RunFailed
 
-        raise RunFailed(f"{run_dir}: checkpoint(s) {missing} have no probe rows after probing; the run is not "
-                        "complete (rerun the same command to probe them)")
+        raise RunFailed(f"{run_dir}: checkpoint(s) {missing} have no probe rows after probing; the run is marked "
+                        "failed, not complete (the same command starts it again)")
     rates = belief_rates(rows) if rows else {}
     metrics = [json.loads(l) for l in (run_dir / "train_metrics.jsonl").read_text().splitlines() if l]
     summary = {"run": cfg.name, "model": cfg.model.name, "claim": cfg.data.claim, "behavior": cfg.data.behavior,
