@@ -534,9 +534,9 @@ base:
   training: {{max_steps: 3, checkpoints: 2}}
   probes: {{contexts: false, coherence: false}}
 parameters:
-  seed: {{values: [0, 1, 2]}}
+  seed: {{values: [0, 1]}}
 """)
-    cmd = [sys.executable, "-m", "annot.cli", "sweep", str(sweep)]
+    cmd = [sys.executable, "-m", "annot.cli", "sweep", str(sweep), "--no-report"]
     # started together, both reach the first cell within a second; one run takes several
     procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
     (a_out, a_err), (b_out, b_err) = (p.communicate(timeout=600) for p in procs)
@@ -547,11 +547,11 @@ parameters:
     for err in (a_err, b_err):
         assert "Traceback" not in err, err
     rows = [json.loads(l) for l in (out / "results.jsonl").read_text().splitlines()]
-    assert sorted(r["run"] for r in rows) == ["seed=0", "seed=1", "seed=2"]
+    assert sorted(r["run"] for r in rows) == ["seed=0", "seed=1"]
     ran = lambda text: {l.split("]")[1].split(":")[0].strip() for l in text.splitlines() if l.endswith(": running")}
-    assert ran(a_out) | ran(b_out) == {"seed=0", "seed=1", "seed=2"}
+    assert ran(a_out) | ran(b_out) == {"seed=0", "seed=1"}
     assert not ran(a_out) & ran(b_out)  # no cell was run by both processes
-    for name in ("seed=0", "seed=1", "seed=2"):
+    for name in ("seed=0", "seed=1"):
         assert json.loads((out / name / "manifest.json").read_text())["status"] == "complete"
 
 
