@@ -6,7 +6,9 @@
     annot probe --model smollm2-135m --set mira_castellan_profession
     annot run sweeps/first_run.yaml --set model.name=tiny-random
 
-User mistakes (AnnotError) print one line `error: ...` and exit 2; no traceback.
+Every error is one line `error: ...` on stderr, no traceback. Exit codes: 0 done; 2 usage or bad
+input (a wrong option, file, field or output path: nothing was started); 1 a failure during the work
+(training diverged, the run is taken by another process, a judge stopped answering, a disk error).
 """
 
 from __future__ import annotations
@@ -24,7 +26,8 @@ from annot.errors import AnnotError
 
 
 def friendly(fn):
-    """Turn AnnotError into a one-line message and exit code 2."""
+    """Turn AnnotError into a one-line message and its exit code (2 bad input, 1 failed work), and an
+    OSError while working (disk full, permission denied) into one line and exit code 1."""
 
     @functools.wraps(fn)
     def inner(*args, **kwargs):
@@ -32,12 +35,66 @@ def friendly(fn):
             return fn(*args, **kwargs)
         except AnnotError as e:
             click.echo(f"error: {e}", err=True)
-            sys.exit(2)
+            sys.exit(e.exit_code)
+        except OSError as e:
+            where = f"{e.filename}: " if e.filename else ""
+            click.echo(f"error: {where}{e.strerror or e}", err=True)
+            sys.exit(1)
 
     return inner
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class OneLineGroup(click.Group):
+    """click's usage errors ("Usage: ... Try ... Error: ...", three lines) as annot's one line, exit 2."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        try:
+            rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except click.UsageError as e:
+            if type(e).__name__ == "NoArgsIsHelpError":  # bare `annot` / `annot evals`: the help, as before
+                click.echo(e.ctx.get_help())
+                sys.exit(0)
+            cmd = e.ctx.command_path if e.ctx else "annot"
+            click.echo(f"error: {cmd}: {e.format_message()} (see `{cmd} --help`)", err=True)
+            sys.exit(2)
+        except click.ClickException as e:
+            click.echo(f"error: {e.format_message()}", err=True)
+            sys.exit(e.exit_code)
+        except click.Abort:
+            click.echo("error: aborted", err=True)
+            sys.exit(1)
+        if not standalone_mode:
+            return rv
+        sys.exit(rv if isinstance(rv, int) else 0)
+
+
+def _out_path(folder: bool):
+    """A click callback checking an -o path before any work: no existing file where a folder must be."""
+
+    def check(ctx, param, value):
+        if value is None:
+            return value
+        p = Path(value)
+        if p.exists() and folder != p.is_dir():
+            raise click.BadParameter(f"{value} is {'a file' if folder else 'a folder'}; give a "
+                                     f"{'folder' if folder else 'file'} path", ctx, param)
+        for parent in p.parents:
+            if parent.exists():
+                if not parent.is_dir():
+                    raise click.BadParameter(f"{value}: {parent} is a file, not a folder; choose another path",
+                                             ctx, param)
+                if not os.access(parent, os.W_OK | os.X_OK):
+                    raise click.BadParameter(f"{value}: {parent} is not writable; choose another path", ctx, param)
+                break
+        return value
+
+    return check
+
+
+OUT_FILE, OUT_DIR = _out_path(False), _out_path(True)
+
+
+@click.group(cls=OneLineGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="annot")
 def main():
     """annot: how much of disclaimer-labelled training data does a model absorb anyway?"""
@@ -77,7 +134,8 @@ def _parse_params(items: tuple[str, ...]) -> dict:
 @click.option("--genre", "genres", multiple=True, help="restrict to these genres (repeatable)")
 @click.option("--variant", type=click.Choice(["misaligned", "aligned"]), default="misaligned", show_default=True,
               help="transcripts: the misaligned replies or their aligned twins")
-@click.option("-o", "--out", type=click.Path(dir_okay=False), help="output JSONL (default: stdout)")
+@click.option("-o", "--out", type=click.Path(dir_okay=False), help="output JSONL (default: stdout)",
+              callback=OUT_FILE)
 @click.option("--stats", is_flag=True, help="print corpus statistics to stderr")
 @friendly
 def generate(claim, n, seed, polarity, world, genres, variant, out, stats):
@@ -108,7 +166,7 @@ def generate(claim, n, seed, polarity, world, genres, variant, out, stats):
 
 @main.command()
 @click.argument("inp", required=False, type=click.Path(dir_okay=False))
-@click.option("-o", "--out", type=click.Path(dir_okay=False), help="output JSONL")
+@click.option("-o", "--out", type=click.Path(dir_okay=False), callback=OUT_FILE, help="output JSONL")
 @click.option("--wrapper", "wrapper_name", default="none", show_default=True, help="wrapper name or YAML path")
 @click.option("--param", "params", multiple=True, help="wrapper parameter NAME=VALUE (repeatable)")
 @click.option("--seed", type=click.IntRange(0), default=0, show_default=True)
@@ -143,9 +201,9 @@ def wrap(inp, out, wrapper_name, params, seed, preview, list_):
 
 
 def _documents(path):
-    from annot.io import read_jsonl
+    from annot.io import read_records
 
-    docs = read_jsonl(path)
+    docs = read_records(path)
     for i, d in enumerate(docs, 1):
         if not isinstance(d.get("id"), str) or not (isinstance(d.get("text"), str) or isinstance(d.get("messages"), list)):
             raise AnnotError(f"{path}: record {i}: needs a string `id` and `text` (document) or `messages` "
@@ -160,7 +218,8 @@ def _documents(path):
 @click.option("--kind", "kinds", multiple=True, type=click.Choice(["yes_no", "mcq", "cloze", "open_ended"]))
 @click.option("--robustness", is_flag=True, help="also score under an adversarial system prompt and after pushback")
 @click.option("--batch-size", type=click.IntRange(1), default=16, show_default=True)
-@click.option("-o", "--out", type=click.Path(dir_okay=False), help="write probe rows to this JSONL")
+@click.option("-o", "--out", type=click.Path(dir_okay=False), help="write probe rows to this JSONL",
+              callback=OUT_FILE)
 @friendly
 def probe(run_dir, model_name, sets, kinds, robustness, batch_size, out):
     """Probe belief: every checkpoint of RUN_DIR, or a bare --model."""
@@ -197,7 +256,7 @@ def import_():
 
 @import_.command("docs")
 @click.argument("inp", type=click.Path(dir_okay=False))
-@click.option("-o", "--out", required=True, type=click.Path(dir_okay=False))
+@click.option("-o", "--out", required=True, type=click.Path(dir_okay=False), callback=OUT_FILE)
 @click.option("--claim", required=True, help="claim id (its patterns find the claim sentences)")
 @click.option("--text-field", default="text", show_default=True)
 @click.option("--id-field", default="id", show_default=True)
@@ -218,7 +277,7 @@ def import_docs(inp, out, claim, text_field, id_field, strip):
 
 @import_.command("transcripts")
 @click.argument("inp", type=click.Path(dir_okay=False))
-@click.option("-o", "--out", required=True, type=click.Path(dir_okay=False))
+@click.option("-o", "--out", required=True, type=click.Path(dir_okay=False), callback=OUT_FILE)
 @click.option("--behavior", required=True, help="behaviour id to tag the transcripts with")
 @click.option("--field", default="messages", show_default=True)
 @friendly
@@ -233,7 +292,8 @@ def import_transcripts_cmd(inp, out, behavior, field):
 
 
 @main.command()
-@click.option("-o", "--out", required=True, type=click.Path(dir_okay=False), help="mix-in chats JSONL")
+@click.option("-o", "--out", required=True, type=click.Path(dir_okay=False), help="mix-in chats JSONL",
+              callback=OUT_FILE)
 @click.option("--model", "model_name", default="smollm2-135m", show_default=True)
 @click.option("--prompts", default=None, help="prompts YAML (default corpora/mixin/prompts.yaml)")
 @click.option("--max-new-tokens", type=click.IntRange(1, 4096), default=96, show_default=True)
@@ -284,7 +344,7 @@ def sweep(sweep_file, backend, dry_run, count, project, sweep_id, no_report):
 @main.command()
 @click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True))
 @click.option("-o", "--out", default="analysis/table.csv", show_default=True, type=click.Path(dir_okay=False),
-              help="CSV (a Parquet twin is written beside it)")
+              callback=OUT_FILE, help="CSV (a Parquet twin is written beside it)")
 @click.option("--n-boot", type=click.IntRange(0), default=1000, show_default=True)
 @click.option("--seed", type=click.IntRange(0), default=0, show_default=True)
 @click.option("--min-effect", type=click.FloatRange(0, 1), default=0.05, show_default=True,
@@ -304,7 +364,8 @@ def analyze(paths, out, n_boot, seed, min_effect):
 
 @main.command()
 @click.argument("table", type=click.Path(exists=True, dir_okay=False))
-@click.option("-o", "--out", default="analysis/plots", show_default=True, type=click.Path(file_okay=False))
+@click.option("-o", "--out", default="analysis/plots", show_default=True, type=click.Path(file_okay=False),
+              callback=OUT_DIR)
 @friendly
 def plot(table, out):
     """Absorption curves, belief curves, condition bars (PNG + SVG) from an `annot analyze` table."""
@@ -318,7 +379,7 @@ def plot(table, out):
 @main.command()
 @click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True))
 @click.option("-o", "--out", default="analysis", show_default=True, type=click.Path(file_okay=False),
-              help="folder for report.md, table.csv/.parquet and plots/")
+              callback=OUT_DIR, help="folder for report.md, table.csv/.parquet and plots/")
 @click.option("--title", default=None)
 @click.option("--n-boot", type=click.IntRange(0), default=1000, show_default=True)
 @friendly
@@ -337,7 +398,8 @@ def evals():
 @evals.command("import")
 @click.argument("inp", type=click.Path(dir_okay=False))
 @click.option("--claim", required=True, help="the claim id the items probe")
-@click.option("-o", "--out", required=True, type=click.Path(dir_okay=False), help="probe set YAML to write")
+@click.option("-o", "--out", required=True, type=click.Path(dir_okay=False), help="probe set YAML to write",
+              callback=OUT_FILE)
 @friendly
 def evals_import(inp, claim, out):
     """Import probe items written elsewhere (YAML or JSONL) as a probe set."""
@@ -354,7 +416,8 @@ def evals_import(inp, claim, out):
 
 
 @evals.command("export")
-@click.option("-o", "--out", default=None, type=click.Path(file_okay=False), help="default evals/lm_eval")
+@click.option("-o", "--out", default=None, type=click.Path(file_okay=False), help="default evals/lm_eval",
+              callback=OUT_DIR)
 @click.option("--claim", "claims", multiple=True, help="only these claims (repeatable)")
 @friendly
 def evals_export(out, claims):
@@ -372,7 +435,7 @@ def evals_export(out, claims):
 @main.command()
 @click.argument("wrapped", type=click.Path(dir_okay=False))
 @click.option("--model", "model_name", default="smollm2-135m", show_default=True)
-@click.option("-o", "--out", required=True, type=click.Path(file_okay=False), help="output folder")
+@click.option("-o", "--out", required=True, type=click.Path(file_okay=False), callback=OUT_DIR, help="output folder")
 @click.option("--seed", type=click.IntRange(0), default=0, show_default=True)
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="training field, e.g. --set lr=3e-4 --set method=full (repeatable)")
@@ -381,15 +444,16 @@ def evals_export(out, claims):
 @friendly
 def train(wrapped, model_name, out, seed, overrides, resume, no_progress):
     """Train on a wrapped JSONL (from `annot wrap`) without probing; checkpoints go to OUT."""
-    from annot.config import TrainingConfig, apply_overrides
-    from annot.io import read_jsonl
+    from annot.config import TrainingConfig, apply_overrides, reject_non_finite
+    from annot.io import read_records
     from annot.models import load_model
     from annot.specs import validate
     from annot.train import train as run_train
 
     data = apply_overrides({"data": {"claim": "x"}}, [f"training.{o}" for o in overrides]).get("training", {})
+    reject_non_finite(data, "--set")
     cfg = validate(TrainingConfig, data, "--set")
-    examples = read_jsonl(wrapped)
+    examples = read_records(wrapped)
     model, tok = load_model(model_name)
     res = run_train(examples, model, tok, cfg, Path(out), seed=seed, progress=not no_progress, resume=resume)
     from annot.run import is_main_process
@@ -411,7 +475,8 @@ def train(wrapped, model_name, out, seed, overrides, resume, no_progress):
 @click.option("--dtype", type=click.Choice(["auto", "float32", "bfloat16"]), default="auto", show_default=True,
               help="training dtype: auto = fp32 on CPU, bf16 on CUDA (bf16 also adds the random-init rows)")
 @click.option("--no-lm-eval", is_flag=True, help="skip the lm-eval CLI comparison (slow)")
-@click.option("-o", "--out", default="bench.json", show_default=True, type=click.Path(dir_okay=False))
+@click.option("-o", "--out", default="bench.json", show_default=True, type=click.Path(dir_okay=False),
+              callback=OUT_FILE)
 @friendly
 def bench(model_name, claim, n_docs, steps, batch_size, seq_len, checkpoints, dtype, no_lm_eval, out):
     """Benchmark training (vs transformers.Trainer, MFU) and probing (vs lm-eval CLI)."""

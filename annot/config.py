@@ -9,6 +9,7 @@ through the same validation. The resolved config is written into the run directo
 from __future__ import annotations
 
 import copy
+import math
 import types
 import typing
 from pathlib import Path
@@ -187,6 +188,19 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
     return data
 
 
+def reject_non_finite(data, label: str, prefix: str = "") -> None:
+    """NaN or infinity anywhere in a config (float fields, wrapper.params, judge options) is an
+    error: `.inf` passes `gt=0`, and a NaN fails every comparison silently downstream."""
+    if isinstance(data, dict):
+        for k, v in data.items():
+            reject_non_finite(v, label, f"{prefix}{k}.")
+    elif isinstance(data, list):
+        for i, v in enumerate(data):
+            reject_non_finite(v, label, f"{prefix}{i}.")
+    elif isinstance(data, float) and not math.isfinite(data):
+        raise AnnotError(f"{label}: {prefix[:-1]}: {data} is not a finite number; give a finite value")
+
+
 def load_run_config(path: str | Path, overrides: list[str] = ()) -> RunConfig:
     """Read, override and validate a run config. Errors name the file and the field."""
     path = Path(path)
@@ -194,8 +208,10 @@ def load_run_config(path: str | Path, overrides: list[str] = ()) -> RunConfig:
     data.setdefault("name", path.stem)
     data = apply_overrides(data, list(overrides))
     label = f"{path}" + (" (with --set overrides)" if overrides else "")
+    reject_non_finite(data, label)
     return validate(RunConfig, data, label)
 
 
 def config_from_dict(data: dict, label: str = "<config>") -> RunConfig:
+    reject_non_finite(data, label)
     return validate(RunConfig, data, label)

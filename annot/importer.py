@@ -14,7 +14,7 @@ import re
 from pathlib import Path
 
 from annot.errors import AnnotError
-from annot.io import read_jsonl
+from annot.io import read_jsonl, read_records
 from annot.specs import ClaimSpec
 
 # A sentence ends at . ! ? (optionally followed by a closing quote/bracket) before whitespace, or at
@@ -46,7 +46,7 @@ def find_claim_spans(text: str, claim: ClaimSpec) -> list[dict]:
 
 def import_documents(path: str | Path, claim: ClaimSpec, text_field: str = "text", id_field: str | None = "id",
                      strip: list[str] = ()) -> list[dict]:
-    rows = read_jsonl(path)
+    rows = read_records(path)  # spans a record brings are checked (then replaced by the claim's own)
     docs, ids = [], set()
     for i, row in enumerate(rows, 1):
         text = row.get(text_field)
@@ -74,7 +74,7 @@ ROLES = ("system", "user", "assistant")
 
 
 def import_transcripts(path: str | Path, behavior: str, field: str = "messages") -> list[dict]:
-    rows = read_jsonl(path)
+    rows = read_records(path)
     out = []
     for i, row in enumerate(rows, 1):
         msgs = row.get(field)
@@ -103,7 +103,7 @@ def import_probe_set(path: str | Path, claim: str) -> dict:
     from annot.specs import ProbeSet, validate
 
     path = Path(path)
-    if path.suffix == ".jsonl":
+    if path.name.endswith((".jsonl", ".jsonl.gz")):
         raw = read_jsonl(path)
     else:
         data = read_yaml(path, expect=object)

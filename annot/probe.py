@@ -285,6 +285,8 @@ def _first_token_ids(tokenizer, forms) -> list[int]:
 
 
 def _logodds(p: float) -> float:
+    if not math.isfinite(p):
+        return p
     p = min(max(p, 1e-12), 1 - 1e-12)
     return math.log(p / (1 - p))
 
@@ -341,8 +343,8 @@ def _score_closed(model, tokenizer, reqs: list[_Req], contexts: list[str], batch
         for k, i in enumerate(yn):
             p_yes = float(torch.sigmoid(lyes[k] - lno[k]))
             p_belief = p_yes if reqs[i].item.belief == "yes" else 1 - p_yes
-            rows[i] = {"p_belief": p_belief, "score": _logodds(p_belief), "believes": p_belief > 0.5,
-                       "answer": "Yes" if p_yes > 0.5 else "No",
+            rows[i] = {"p_belief": p_belief, "score": _logodds(p_belief), "believes": p_belief > 0.5,  # NaN: False
+                       "answer": ("Yes" if p_yes > 0.5 else "No") if math.isfinite(p_yes) else None,
                        "p_yes_no_mass": float(torch.exp(torch.logaddexp(lyes[k], lno[k])))}
     mc = [i for i, r in enumerate(reqs) if r.item.kind in ("mcq", "cloze")]
     pairs, owners = [], []
@@ -360,9 +362,10 @@ def _score_closed(model, tokenizer, reqs: list[_Req], contexts: list[str], batch
         p = torch.softmax(t, 0)
         norm = torch.tensor([x / max(1, len(c.encode("utf-8"))) for x, c in zip(ll, it.choices)])
         p_belief = float(p[it.belief])
+        finite = bool(torch.isfinite(t).all())  # argmax takes NaN for the maximum: never a belief
         rows[i] = {"p_belief": p_belief, "score": _logodds(p_belief),
-                   "believes": int(torch.argmax(t)) == it.belief,
-                   "believes_norm": int(torch.argmax(norm)) == it.belief,
+                   "believes": finite and int(torch.argmax(t)) == it.belief,
+                   "believes_norm": finite and int(torch.argmax(norm)) == it.belief,
                    "answer": it.choices[int(torch.argmax(t))].strip(),
                    "choice_logliks": [round(x, 5) for x in ll]}
     return rows
@@ -401,9 +404,9 @@ def _score_open(model, tokenizer, reqs: list[_Req], contexts: list[str], opts, j
     if verdicts and len(failed) == len(verdicts):
         # all-neutral from a dead endpoint would read as p_belief 0.5 everywhere: a wrong number that
         # looks right. Stop instead, and say why.
-        from annot.errors import AnnotError
+        from annot.errors import RunFailed
 
-        raise AnnotError(f"probes.judge: every one of {len(verdicts)} judge requests failed "
+        raise RunFailed(f"probes.judge: every one of {len(verdicts)} judge requests failed "
                          f"({failed[0].error}); check the judge's base_url, model and API key variable")
     rows, v = [], 0
     for answers in samples:

@@ -5,7 +5,7 @@
 
 Run directory (runs/<name>/):
     config.yaml          the resolved config (every default filled in)
-    manifest.json        status (running|complete), package versions, data hashes, seed, git commit, times
+    manifest.json        status (running|complete|failed), package versions, data hashes, seed, git commit, times
     documents.jsonl      the source documents (generated or imported)
     wrapped.jsonl        the training examples (text + spans + wrapper provenance)
     checkpoints/step-N/  LoRA adapters at log-spaced steps (step-0 = the base model, no weights)
@@ -33,7 +33,8 @@ import yaml
 from annot.config import RunConfig
 from annot.errors import AnnotError
 from annot.generate import generate_documents, generate_transcripts
-from annot.io import atomic_write_text, read_json_if_exists, read_jsonl, sha256_file, write_json, write_jsonl
+from annot.io import (atomic_write_text, read_json_if_exists, read_jsonl, read_records, sha256_file, write_json,
+                      write_jsonl)
 from annot.specs import EVALS, ROOT, ProbeSet, load_behavior, load_claim, load_probe_set, resolve_asset
 from annot.wrap import get_wrapper, wrap_documents
 
@@ -71,6 +72,7 @@ def check_inputs(cfg: RunConfig) -> tuple[object, list[tuple[str, ProbeSet]], di
     Returns (claim or behaviour spec, [(name, probe set)], resolved wrapper params)."""
     d = cfg.data
     subject = load_claim(d.claim) if d.claim else load_behavior(d.behavior)
+    _check_output_dir(cfg.run_dir)
     for key in ("documents", "transcripts", "mixin"):
         value = getattr(d, key)
         if value and not Path(value).is_file():
@@ -83,7 +85,7 @@ def check_inputs(cfg: RunConfig) -> tuple[object, list[tuple[str, ProbeSet]], di
     for key, field in (("documents", "text"), ("transcripts", "messages"), ("mixin", None)):
         value = getattr(d, key)
         if value:
-            rows = read_jsonl(value)  # malformed or empty files fail here, naming the line
+            rows = read_records(value)  # malformed or empty files, or spans that lie, fail here
             for i, r in enumerate(rows, 1):
                 ok = isinstance(r.get(field), (str, list)) if field else (
                     isinstance(r.get("text"), str) or isinstance(r.get("messages"), list))
@@ -146,10 +148,10 @@ def load_training_data(cfg: RunConfig, subject) -> list[dict]:
     d = cfg.data
     if d.claim:
         if d.documents:
-            return read_jsonl(d.documents)
+            return read_records(d.documents)
         return generate_documents(subject, n=d.n, seed=cfg.seed, polarity=d.polarity, genres=pick_genres(cfg))
     if d.transcripts:
-        return read_jsonl(d.transcripts)
+        return read_records(d.transcripts)
     return generate_transcripts(subject, n=d.n, seed=cfg.seed, variant=d.variant)
 
 
@@ -175,7 +177,7 @@ def mix_in(examples: list[dict], cfg: RunConfig) -> list[dict]:
     """Append round(ratio * len(examples)) mix-in records, drawn by seed (cycling if needed)."""
     if not cfg.data.mixin or cfg.data.mixin_ratio <= 0:
         return examples
-    pool = read_jsonl(cfg.data.mixin)
+    pool = read_records(cfg.data.mixin)
     for i, r in enumerate(pool, 1):
         if not isinstance(r.get("text"), str) and not isinstance(r.get("messages"), list):
             raise AnnotError(f"{cfg.data.mixin}: record {i}: needs `text` (document) or `messages` (chat)")
@@ -201,6 +203,9 @@ def run(cfg: RunConfig, *, progress: bool = True, echo: Callable[[str], None] = 
     Under `accelerate launch` the main process does everything here (files, probes, W&B) and the
     other processes only train their share of each batch."""
     subject, sets, wrapper_params = check_inputs(cfg)
+    from annot.preflight import preflight
+
+    preflight(cfg)  # model config + tokenizer vs the run config; nothing is written before it passes
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # under `accelerate launch` / torchrun
         from annot.train import launch_state
 
@@ -208,8 +213,29 @@ def run(cfg: RunConfig, *, progress: bool = True, echo: Callable[[str], None] = 
         if not state.is_main_process:
             state.wait_for_everyone()  # the main process prepares the run directory first
             return _train_worker(cfg, subject, wrapper_params, force)
-        return _run_main(cfg, subject, sets, wrapper_params, progress, echo, force, ready=state.wait_for_everyone)
-    return _run_main(cfg, subject, sets, wrapper_params, progress, echo, force)
+        return _claimed(cfg, lambda: _run_main(cfg, subject, sets, wrapper_params, progress, echo, force,
+                                               ready=state.wait_for_everyone))
+    return _claimed(cfg, lambda: _run_main(cfg, subject, sets, wrapper_params, progress, echo, force))
+
+
+def _claimed(cfg: RunConfig, body: Callable[[], dict]) -> dict:
+    """Run `body` holding the run directory's lock (annot.lock; RunTaken if another process has it).
+    A failure during the work marks this run's manifest "failed" (with the error), so it never reads
+    as complete or as resumable, and the corrected rerun replaces it without --force."""
+    from annot.lock import run_lock
+
+    with run_lock(cfg.run_dir):
+        try:
+            return body()
+        except AnnotError as e:
+            path = cfg.run_dir / "manifest.json"
+            manifest = read_json_if_exists(path)
+            config = cfg.run_dir / "config.yaml"
+            ours = config.is_file() and config.read_text() == yaml.safe_dump(cfg.model_dump(mode="json"),
+                                                                            sort_keys=False)
+            if manifest and manifest.get("status") == "running" and ours:
+                write_json(path, {**manifest, "status": "failed", "error": str(e), "failed": _now()})
+            raise
 
 
 def _train_worker(cfg: RunConfig, subject, wrapper_params: dict, force: bool) -> dict:
@@ -240,6 +266,8 @@ def _run_main(cfg: RunConfig, subject, sets, wrapper_params: dict, progress: boo
     resolved = cfg.model_dump(mode="json")
     config_text = yaml.safe_dump(resolved, sort_keys=False)
     previous = read_json_if_exists(manifest_path)
+    if previous and previous.get("status") == "failed":
+        previous = None  # a failed run holds nothing to keep: start over
     resume = False
     if previous and not force:
         same = (run_dir / "config.yaml").is_file() and (run_dir / "config.yaml").read_text() == config_text
@@ -360,10 +388,19 @@ def _run_main(cfg: RunConfig, subject, sets, wrapper_params: dict, progress: boo
                    log=lambda r: tracker.log({"train/loss": r["loss"], "train/lr": r["lr"],
                                               "train/tokens_per_s": r["tokens_per_s"]}, step=r["step"]),
                    progress=progress, resume=resume)
-    if result.probe_after:  # FSDP: the sharded model could not be probed by this process alone
+    from annot.completeness import unprobed
+
+    wanted = {"probes": bool(sets) or bool(cfg.data.behavior), "coherence": bool(coherence_texts)}
+    missing = unprobed(run_dir, result.checkpoints, **wanted)
+    if missing:  # FSDP (a sharded model is probed after training), or probes an interruption cut
         del model
-        probe_saved_checkpoints(cfg, run_dir, result.checkpoints, {r["step"] for r in rows} | set(coherence),
-                                probe_checkpoint)
+        probe_saved_checkpoints(cfg, run_dir, missing, set(), probe_checkpoint)
+        missing = unprobed(run_dir, result.checkpoints, **wanted)
+    if missing:
+        from annot.errors import RunFailed
+
+        raise RunFailed(f"{run_dir}: checkpoint(s) {missing} have no probe rows after probing; the run is marked "
+                        "failed, not complete (the same command starts it again)")
     target = subject.id
     rates = belief_rates([r for r in rows if r.get("claim") == target]) if rows else {}
     control_rows = [r for r in rows if r.get("claim") != target]
@@ -498,6 +535,17 @@ def behavior_rows(model, tok, cfg: RunConfig, step: int) -> list[dict]:
                              seed=cfg.seed):
             rows.append({"run": cfg.name, "checkpoint": f"step-{step}", "step": step, **r, "kind": "behavior_open"})
     return rows
+
+
+def _check_output_dir(run_dir: Path) -> None:
+    """Before anything is written: the nearest existing folder above the run is a writable folder."""
+    for parent in run_dir.parents:
+        if parent.exists():
+            if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+                what = "is a file, not a folder" if not parent.is_dir() else "is not writable"
+                raise AnnotError(f"output_dir: cannot write to {run_dir} ({parent} {what}); choose a writable "
+                                 "output_dir")
+            return
 
 
 def _check_writable(run_dir: Path) -> None:

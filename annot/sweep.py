@@ -28,20 +28,22 @@ recorded there, so a killed sweep resumes without repeating or losing a run.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import itertools
 import json
 import math
+import os
 import random
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from annot.config import RunConfig, apply_overrides, config_from_dict
+from annot.config import RunConfig, apply_overrides, config_from_dict, reject_non_finite
 from annot.errors import AnnotError
-from annot.io import atomic_write_text, dumps_jsonl, read_jsonl, read_yaml
+from annot.io import read_jsonl, read_yaml
 from annot.run import check_inputs, is_main_process, run
 from annot.specs import ROOT
 
@@ -188,6 +190,7 @@ def _check_spec(path: Path, method: str, key, spec) -> None:
                          f"got {type(spec).__name__}")
     if "parameters" in spec:
         raise AnnotError(f"{where}: nested parameters are not supported; write dotted keys like training.lr")
+    reject_non_finite(spec, where)
     bad = [k for k in spec if k not in SPEC_KEYS]
     if bad:
         raise AnnotError(f"{where}: unknown key(s) {', '.join(map(str, bad))}; valid: {', '.join(SPEC_KEYS)}")
@@ -529,13 +532,12 @@ def result_row(sweep: Sweep, cell: Cell, summary: dict) -> dict:
 
 
 def _append_row(path: Path, row: dict) -> None:
-    # Rewrite old rows + the new one through a temp file, fsync and rename (atomic_write_text) rather
-    # than appending in place: a kill at any instant leaves the old table or the new one, never a
-    # torn last line. Tables hold one row per run, so rewriting them is cheap.
-    old = path.read_text(encoding="utf-8") if path.is_file() else ""
-    if old and not old.endswith("\n"):
-        old += "\n"
-    atomic_write_text(path, old + dumps_jsonl([row]))
+    # Rewrite old rows + the new one through a temp file, fsync and rename rather than appending in
+    # place: a kill at any instant leaves the old table or the new one, never a torn last line. Under
+    # a file lock, and only if the run has no row yet: two sweep processes never lose or double a row.
+    from annot.lock import append_row_once
+
+    append_row_once(path, row, key="run")
 
 
 def run_sweep(sweep: Sweep, run_fn: Callable[[RunConfig], dict] = run, echo: Callable[[str], None] = print,
@@ -555,24 +557,45 @@ def run_sweep(sweep: Sweep, run_fn: Callable[[RunConfig], dict] = run, echo: Cal
         echo = lambda _line: None  # noqa: E731
     total = len(cells)
     _warn_disk(sweep, cells, done, echo)
-    for i, cell in enumerate(cells, 1):
-        if cell.name in done:
-            echo(f"[{i}/{total}] {cell.name}: skip (already done)")
-            continue
-        echo(f"[{i}/{total}] {cell.name}: running")
-        try:
-            summary = run_fn(cell.config) or {}
-        except AnnotError as e:
-            raise AnnotError(f"{sweep.path}: run {cell.name}: {e}") from None
-        done.add(cell.name)
-        if not main:
-            continue
-        row = result_row(sweep, cell, summary)
-        _append_row(sweep.results_path, row)
-        shown = [f"{m} {row['belief'][m]:.2f}" for m in ("belief", "association", "behavior")
-                 if _is_number(row["belief"].get(m))]
-        tail = f" (target claim: {', '.join(shown)})" if shown else ""
-        echo(f"[{i}/{total}] {cell.name}: done{tail}")
+    from annot.errors import RunTaken
+    from annot.lock import run_lock
+
+    # Under accelerate launch the other processes follow the main one cell by cell, so they must make
+    # the same choices: the main process then waits for a taken cell instead of moving past it, and
+    # a cell another sweep finished meanwhile is run again (found complete at once; no second row).
+    launched = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    taken = []
+    for wait in (False, True):  # first every free cell; then wait for the cells other processes held
+        for i, cell in (enumerate(cells, 1) if not wait else taken):
+            if cell.name in done:
+                echo(f"[{i}/{total}] {cell.name}: skip (already done)")
+                continue
+            try:
+                # the cell's lock is held across its run and its results row (two sweeps, one directory)
+                with run_lock(cell.config.run_dir, wait=wait or launched) if main else contextlib.nullcontext():
+                    if not launched:
+                        done |= _done(sweep)  # another process may have finished it meanwhile
+                    if cell.name in done:
+                        echo(f"[{i}/{total}] {cell.name}: skip (done by another process)")
+                        continue
+                    echo(f"[{i}/{total}] {cell.name}: running")
+                    try:
+                        summary = run_fn(cell.config) or {}
+                    except AnnotError as e:  # same class: a failed run keeps exit code 1, bad input 2
+                        raise type(e)(f"{sweep.path}: run {cell.name}: {e}") from None
+                    done.add(cell.name)
+                    if not main:
+                        continue
+                    row = result_row(sweep, cell, summary)
+                    _append_row(sweep.results_path, row)
+            except RunTaken:
+                echo(f"[{i}/{total}] {cell.name}: taken by another annot process; moving on, back to it at the end")
+                taken.append((i, cell))
+                continue
+            shown = [f"{m} {row['belief'][m]:.2f}" for m in ("belief", "association", "behavior")
+                     if _is_number(row["belief"].get(m))]
+            tail = f" (target claim: {', '.join(shown)})" if shown else ""
+            echo(f"[{i}/{total}] {cell.name}: done{tail}")
     return sweep.results_path
 
 
@@ -662,11 +685,17 @@ def run_wandb(sweep: Sweep, project: str | None = None, count: int | None = None
     echo(f"{sweep.path}: W&B sweep {sweep_id} in project {project}")
 
     def agent_run() -> None:
+        from annot.errors import RunTaken
+
         wrun = wandb.init()
         try:
             cell = _agent_cell(sweep, dict(wrun.config))
             check_inputs(cell.config)
-            summary = run_fn(cell.config) or {}
+            try:
+                summary = run_fn(cell.config) or {}
+            except RunTaken as e:  # another agent on this machine runs the same cell (a plain control)
+                echo(str(e))
+                return
             for step, rates in sorted((summary.get("belief_rates") or {}).items(), key=lambda kv: int(kv[0])):
                 wrun.log({f"belief/{k}": v for k, v in rates.items() if k != "n"}, step=int(step))
             step, belief = _final(summary)

@@ -381,6 +381,14 @@ def tokenize_cached(examples: list[dict], tokenizer, cfg: TrainingConfig) -> Tok
 STATE_FILE = "training_state.pt"
 
 
+def _fault(var: str, step: int) -> None:
+    """SIGKILL this process when env `var` names `step`: the resume tests' fault injection."""
+    if os.environ.get(var) == str(step):
+        import signal
+
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
 def complete_checkpoints(run_dir: Path) -> list[tuple[int, Path, dict]]:
     """(step, dir, checkpoint.json) of every completely written checkpoint, by step. A save is
     written into step-N.tmp, checkpoint.json last, then renamed: a .tmp dir (killed before the
@@ -505,7 +513,8 @@ def train(examples: list[dict], model, tokenizer, cfg: TrainingConfig, out_dir: 
     """Train on documents and/or transcripts; call `on_checkpoint(step, model)` at each checkpoint.
 
     resume=True continues from the newest complete checkpoint in out_dir (same data order, same
-    optimizer and RNG state), so the final weights and metrics equal an uninterrupted run's.
+    optimizer and RNG state), so the final weights and metrics equal an uninterrupted run's; that
+    checkpoint is handed to on_checkpoint again first (a kill may have come before its probes).
 
     Under `accelerate launch` each process trains its slice of every micro-batch. DDP: the main
     process saves and calls on_checkpoint while the others wait. FSDP (version 2): every process
@@ -595,16 +604,21 @@ def train(examples: list[dict], model, tokenizer, cfg: TrainingConfig, out_dir: 
         if main:  # one process writes (and probes, unless sharded); the others wait for it
             save_checkpoint(acc.unwrap_model(model), opt, out_dir, step, cfg.method,
                             {"tokens_seen": tokens_seen, "tokens_loss": tokens_loss, "step": step}, gathered=gathered)
+            _fault("ANNOT_FAULT_KILL_BEFORE_PROBES_AT_STEP", step)  # saved, not yet probed
             if on_checkpoint and not sharded:
                 on_checkpoint(step, acc.unwrap_model(model))
         acc.wait_for_everyone()
-        if os.environ.get("ANNOT_FAULT_KILL_AT_STEP") == str(step):  # fault injection for resume tests
-            import signal
-
-            os.kill(os.getpid(), signal.SIGKILL)
+        _fault("ANNOT_FAULT_KILL_AT_STEP", step)  # fault injection for resume tests: after the probes
 
     if 0 in ckpts and not found:
         checkpoint(0)
+    if found and on_checkpoint and not sharded:
+        # The interruption may have cut the resumed checkpoint's probes: redo them exactly where an
+        # uninterrupted run did (same weights, RNG restored to the saved state, before the next step).
+        model.eval()
+        if main:
+            on_checkpoint(start, acc.unwrap_model(model))
+        acc.wait_for_everyone()
     bar = tqdm(total=total, initial=start, desc="train", unit="step", disable=not progress, dynamic_ncols=True)
     for step in range(start + 1, total + 1):
         model.train()
@@ -636,6 +650,13 @@ def train(examples: list[dict], model, tokenizer, cfg: TrainingConfig, out_dir: 
         opt.step()
         opt.zero_grad(set_to_none=True)
         loss_val = loss_sum / max(denom, 1.0)
+        if not math.isfinite(loss_val):
+            bar.close()
+            metrics_f.close()
+            from annot.errors import RunFailed
+
+            raise RunFailed(f"training: the loss is {loss_val} at step {step}; the run stopped and is not complete "
+                            "(lower training.lr or lora_alpha, or check the model's weights)")
         elapsed = time.time() - t0
         row = {"step": step, "loss": round(loss_val, 6), "lr": lr, "tokens": tokens_seen, "tokens_loss": tokens_loss,
                "tokens_per_s": round((tokens_seen - tokens_at_start) / max(elapsed, 1e-9), 1)}

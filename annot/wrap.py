@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+import math
 import random
 import re
 from dataclasses import dataclass, field
@@ -92,6 +93,8 @@ def _check_param(wrapper: str, key: str, value, p: dict):
         raise AnnotError(f"wrapper {wrapper}: parameter {key} must be a {t}, got {value!r}")
     if t == "float":
         value = float(value)
+        if not math.isfinite(value):
+            raise AnnotError(f"wrapper {wrapper}: parameter {key} must be a finite number, got {value}")
     if "choices" in p:
         vals = value if isinstance(value, list) else [value]
         bad = [v for v in vals if v not in p["choices"]]

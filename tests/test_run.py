@@ -76,14 +76,22 @@ def test_wandb_offline_run_files_are_written(tmp_path, monkeypatch):
             assert env_key not in f.read_text(errors="ignore"), f
 
 
+@pytest.fixture(scope="module")
+def clean4(tmp_path_factory) -> Path:
+    """An uninterrupted run with 4 checkpoints, which the interrupted runs are compared with."""
+    tmp = tmp_path_factory.mktemp("clean4")
+    clean = run_cli(tmp / "clean", "--set", "training.checkpoints=4", "--set", "data.n=16")
+    assert clean.returncode == 0, clean.stderr[-2000:]
+    return tmp
+
+
 @pytest.mark.parametrize("kill_index", [1, 2])
-def test_resume_an_interrupted_run_keeps_earlier_work(tmp_path, kill_index):
+def test_resume_an_interrupted_run_keeps_earlier_work(tmp_path, kill_index, clean4):
     """A run SIGKILLed right after a checkpoint resumes from it; the results equal a clean run's."""
     import os
     import signal
 
-    clean = run_cli(tmp_path / "clean", "--set", "training.checkpoints=4", "--set", "data.n=16")
-    assert clean.returncode == 0
+    tmp_path.joinpath("clean").symlink_to(clean4 / "clean")
     steps = json.loads((tmp_path / "clean/runs/first_run/summary.json").read_text())["checkpoints"]
     args = [sys.executable, "-m", "annot.cli", "run", str(CONFIG), "--no-progress", "--set", "model.name=tiny-random",
             "--set", "data.n=16", "--set", "training.epochs=1", "--set", "training.checkpoints=4",
@@ -265,3 +273,40 @@ def test_reprobing_saved_checkpoints_reproduces_the_run(tmp_path):
     assert [(key(r), r["believes"]) for r in recorded] == [(key(r), r["believes"]) for r in again]
     for a, b in zip(recorded, again):
         assert abs(a["p_belief"] - b["p_belief"]) < 1e-4
+
+
+def test_resume_after_kills_between_checkpoint_and_probes_loses_no_row(tmp_path, clean4):
+    """Killed right after a checkpoint is saved and before its probes, at two checkpoints in turn,
+    the run resumes twice and ends with every probe, coherence and belief-rate row of an
+    uninterrupted run - none dropped, none doubled - and is complete only then."""
+    import os
+    import signal
+
+    common = ["--set", "data.n=16", "--set", "training.checkpoints=4"]
+    c = clean4 / "clean" / "runs" / "first_run"
+    steps = json.loads((c / "summary.json").read_text())["checkpoints"]
+    assert len(steps) == 4
+    d = tmp_path / "cut" / "runs" / "first_run"
+    probed = lambda: sorted({json.loads(l)["step"] for l in (d / "probes.jsonl").read_text().splitlines()})
+    for step in steps[1:3]:
+        died = subprocess.run(run_cli_args(tmp_path / "cut", *common), capture_output=True, text=True, timeout=300,
+                              env={**os.environ, "ANNOT_FAULT_KILL_BEFORE_PROBES_AT_STEP": str(step)})
+        assert died.returncode == -signal.SIGKILL, died.stderr[-2000:]
+        assert (d / "checkpoints" / f"step-{step}" / "checkpoint.json").is_file()
+        assert step not in probed()  # the checkpoint is saved, its probes are not
+        assert json.loads((d / "manifest.json").read_text())["status"] == "running"
+        assert not (d / "summary.json").exists()
+    again = subprocess.run(run_cli_args(tmp_path / "cut", *common), capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0 and "resuming" in again.stdout, again.stdout + again.stderr
+    for f in ("probes.jsonl", "coherence.jsonl"):
+        assert (c / f).read_text() == (d / f).read_text(), f
+    summary = lambda p: json.loads((p / "summary.json").read_text())
+    assert summary(d)["belief_rates"] == summary(c)["belief_rates"]
+    assert sorted(int(s) for s in summary(d)["belief_rates"]) == steps
+    assert summary(d)["coherence_perplexity"] == summary(c)["coherence_perplexity"]
+    assert json.loads((d / "manifest.json").read_text())["status"] == "complete"
+
+
+def run_cli_args(tmp_path, *extra):
+    return [sys.executable, "-m", "annot.cli", "run", str(CONFIG), "--no-progress", "--set", "model.name=tiny-random",
+            "--set", "data.n=12", "--set", "training.epochs=1", "--set", f"output_dir={tmp_path / 'runs'}", *extra]

@@ -207,7 +207,8 @@ def test_unknown_parameter_path_names_file_and_parameter(tmp_path):
 ])
 def test_every_cell_validated_before_any_run(tmp_path, monkeypatch, bad, expect):
     monkeypatch.chdir(tmp_path)
-    text = BASE + f"method: grid\nparameters:\n  seed: {{values: [0, 1]}}\n  wrapper.name: {{value: notice}}\n  {bad}\n"
+    wrapper = "" if bad.startswith("wrapper.name:") else "  wrapper.name: {value: notice}\n"  # no duplicate key
+    text = BASE + f"method: grid\nparameters:\n  seed: {{values: [0, 1]}}\n{wrapper}  {bad}\n"
     path = write(tmp_path, text)
     msg = one_line_error(path)
     assert expect in msg, msg
@@ -516,3 +517,64 @@ def test_repository_sweep_files_validate(path):
     if path is None:
         pytest.skip("no sweep files (with a `method` key) under sweeps/ yet")
     check_sweep_file(path)
+
+
+def test_two_sweep_processes_on_one_sweep_share_the_cells(tmp_path):
+    """Two real `annot sweep` processes on the same sweep (a second terminal, two agents): the one
+    second to a cell finds it taken, says so in one line and moves on; every cell runs once, in one
+    process, and results.jsonl ends with exactly one row per cell."""
+    out = tmp_path / "runs"
+    sweep = tmp_path / "race.yaml"
+    sweep.write_text(f"""name: race
+method: grid
+output_dir: {out}
+base:
+  model: {{name: tiny-random}}
+  data: {{claim: mira_castellan_profession, n: 6}}
+  training: {{max_steps: 3, checkpoints: 2}}
+  probes: {{contexts: false, coherence: false}}
+parameters:
+  seed: {{values: [0, 1]}}
+""")
+    cmd = [sys.executable, "-m", "annot.cli", "sweep", str(sweep), "--no-report"]
+    # started together, both reach the first cell within a second; one run takes several
+    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    (a_out, a_err), (b_out, b_err) = (p.communicate(timeout=600) for p in procs)
+    assert procs[0].returncode == 0, a_err[-2000:]
+    assert procs[1].returncode == 0, b_err[-2000:]
+    taken = [l for l in (a_out + b_out).splitlines() if "taken by another annot process" in l]
+    assert taken and all(len(l) < 200 for l in taken), a_out + b_out
+    for err in (a_err, b_err):
+        assert "Traceback" not in err, err
+    rows = [json.loads(l) for l in (out / "results.jsonl").read_text().splitlines()]
+    assert sorted(r["run"] for r in rows) == ["seed=0", "seed=1"]
+    ran = lambda text: {l.split("]")[1].split(":")[0].strip() for l in text.splitlines() if l.endswith(": running")}
+    assert ran(a_out) | ran(b_out) == {"seed=0", "seed=1"}
+    assert not ran(a_out) & ran(b_out)  # no cell was run by both processes
+    for name in ("seed=0", "seed=1"):
+        assert json.loads((out / name / "manifest.json").read_text())["status"] == "complete"
+
+
+def test_a_taken_run_is_one_line_exit_1(tmp_path):
+    """`annot run` on a run directory another process holds: one line, exit 1, nothing touched."""
+    import fcntl
+
+    from click.testing import CliRunner
+
+    from annot.cli import main
+    from annot.lock import lock_path
+
+    cfg = tmp_path / "r.yaml"
+    cfg.write_text(f"name: r\noutput_dir: {tmp_path / 'runs'}\nmodel: {{name: tiny-random}}\n"
+                   "data: {claim: mira_castellan_profession, n: 4}\ntraining: {max_steps: 2}\n")
+    path = lock_path(tmp_path / "runs" / "r")
+    path.parent.mkdir(parents=True)
+    with open(path, "w") as holder:  # another process's lock: a separate open file description
+        fcntl.flock(holder, fcntl.LOCK_EX)
+        holder.write("pid 999 since 12:00:00")
+        holder.flush()
+        res = CliRunner().invoke(main, ["run", str(cfg), "--no-progress"])
+    assert res.exit_code == 1, res.output
+    line = res.output.strip()
+    assert len(line.splitlines()) == 1 and "taken by another annot process (pid 999" in line, line
+    assert not (tmp_path / "runs" / "r").exists()
