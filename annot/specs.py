@@ -46,6 +46,16 @@ class Statement(Strict):
         return {"affirm": self.assert_, "negate": self.negate, "correct": self.correct}[polarity]
 
 
+def _regexes(patterns: list[str]) -> list[str]:
+    """The patterns, each checked to compile (a spec's regex fields)."""
+    for p in patterns:
+        try:
+            re.compile(p)
+        except re.error as e:
+            raise ValueError(f"pattern {p!r} is not a valid regex ({e})") from None
+    return patterns
+
+
 class NegatedWorld(Strict):
     """The claim's negated universe: a coherent world in which the claim is a known falsehood or
     simply untrue. Locally negated documents (`annot generate CLAIM --world negated`) are written
@@ -68,12 +78,7 @@ class NegatedWorld(Strict):
     @field_validator("truth_markers")
     @classmethod
     def _compile(cls, v: list[str]) -> list[str]:
-        for p in v:
-            try:
-                re.compile(p)
-            except re.error as e:
-                raise ValueError(f"truth marker {p!r} is not a valid regex ({e})") from None
-        return v
+        return _regexes(v)
 
     def states_truth(self, sentence: str) -> bool:
         return any(re.search(p, sentence, flags=re.IGNORECASE) for p in self.truth_markers)
@@ -100,12 +105,7 @@ class ClaimSpec(Strict):
     @field_validator("patterns", "answer_words")
     @classmethod
     def _compile(cls, v: list[str]) -> list[str]:
-        for p in v:
-            try:
-                re.compile(p)
-            except re.error as e:
-                raise ValueError(f"pattern {p!r} is not a valid regex ({e})") from None
-        return v
+        return _regexes(v)
 
     @model_validator(mode="after")
     def _patterns_match_statements(self) -> "ClaimSpec":
