@@ -3,7 +3,7 @@
     annot --help
     annot generate mira_castellan_profession --n 200 --seed 1 -o docs.jsonl
     annot wrap docs.jsonl -o wrapped.jsonl --wrapper repeated_negation --param density=0.5
-    annot probe --model smollm2-135m --set mira_castellan_profession
+    annot probe --model smollm2-135m --probe-set mira_castellan_profession
     annot run sweeps/first_run.yaml --set model.name=tiny-random
 
 Every error is one line `error: ...` on stderr, no traceback. Exit codes: 0 done; 2 usage or bad
@@ -179,11 +179,19 @@ def wrap(inp, out, wrapper_name, params, seed, preview, list_):
     from annot.wrap import COMMON_PARAMS, get_wrapper, list_wrappers, preview as show
 
     if list_:
-        for w in list_wrappers():
-            click.echo(f"{w.name}: {w.description}")
-            for k, p in sorted({**w.params, **COMMON_PARAMS}.items()):
-                extra = f" choices={p['choices']}" if "choices" in p else ""
-                click.echo(f"    {k} (default {p.get('default')!r}){extra}{' - ' + p['help'] if p.get('help') else ''}")
+        wrappers = list_wrappers()
+        for kind, heading in (("documents", "Document wrappers"), ("transcripts", "Transcript wrappers")):
+            click.echo(f"{heading}:")
+            for w in wrappers:
+                if w.applies_to not in (kind, "both"):
+                    continue
+                click.echo(f"  {w.name}: {w.description}")
+                # doc_tag marks documents; transcript wrappers never use it
+                common = COMMON_PARAMS if kind == "documents" else {}
+                for k, p in sorted({**w.params, **common}.items()):
+                    extra = f" choices={p['choices']}" if "choices" in p else ""
+                    click.echo(f"      {k} (default {p.get('default')!r}){extra}"
+                               f"{' - ' + p['help'] if p.get('help') else ''}")
         return
     if not inp:
         raise AnnotError("wrap: missing input JSONL (annot wrap DOCS.jsonl -o OUT.jsonl --wrapper NAME)")
@@ -214,19 +222,26 @@ def _documents(path):
 @main.command()
 @click.argument("run_dir", required=False, type=click.Path(file_okay=False))
 @click.option("--model", "model_name", help="probe a bare model instead of a run's checkpoints")
-@click.option("--set", "sets", multiple=True, help="probe set name or YAML path (repeatable)")
+@click.option("--probe-set", "sets", multiple=True, help="probe set name or YAML path (repeatable)")
+@click.option("--set", "old_sets", multiple=True, hidden=True)  # renamed: --set means a config override elsewhere
 @click.option("--kind", "kinds", multiple=True, type=click.Choice(["yes_no", "mcq", "cloze", "open_ended"]))
 @click.option("--robustness", is_flag=True, help="also score under an adversarial system prompt and after pushback")
 @click.option("--batch-size", type=click.IntRange(1), default=16, show_default=True)
 @click.option("-o", "--out", type=click.Path(dir_okay=False), help="write probe rows to this JSONL",
               callback=OUT_FILE)
 @friendly
-def probe(run_dir, model_name, sets, kinds, robustness, batch_size, out):
-    """Probe belief: every checkpoint of RUN_DIR, or a bare --model."""
+def probe(run_dir, model_name, sets, old_sets, kinds, robustness, batch_size, out):
+    """Probe belief: every checkpoint of RUN_DIR, or a bare --model.
+
+        annot probe --model smollm2-135m --probe-set mira_castellan_profession
+    """
     from annot.io import write_jsonl
     from annot.probe import belief_rates, format_rates, probe_model, probe_run
     from annot.specs import load_probe_set
 
+    if old_sets:
+        raise AnnotError(f"probe: --set is now --probe-set (e.g. --probe-set {old_sets[0]}); --set is kept for "
+                         "config overrides in `annot run` / `annot train`")
     if bool(run_dir) == bool(model_name):
         raise AnnotError("probe: give either RUN_DIR or --model (not both)")
     if run_dir:
@@ -234,7 +249,7 @@ def probe(run_dir, model_name, sets, kinds, robustness, batch_size, out):
                          robustness=robustness)
     else:
         if not sets:
-            raise AnnotError("probe: --model needs at least one --set (e.g. --set mira_castellan_profession)")
+            raise AnnotError("probe: --model needs at least one --probe-set (e.g. --probe-set mira_castellan_profession)")
         from annot.models import load_model
 
         loaded = [load_probe_set(s) for s in sets]

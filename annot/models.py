@@ -98,7 +98,7 @@ def smollm2_dir() -> Path:
     if missing or unexpected:
         raise AnnotError(f"converting {SMOLLM2_GGUF}: weights do not match the config "
                          f"(missing {missing[:3]}, unexpected {unexpected[:3]}); report this as a bug")
-    with _building(final) as tmp:
+    with _building(final) as tmp, _quiet():
         plain.save_pretrained(tmp, safe_serialization=True)
         AutoTokenizer.from_pretrained(str(src), gguf_file=SMOLLM2_GGUF).save_pretrained(tmp)
     return final
@@ -171,15 +171,27 @@ def resolve_model(name: str) -> str:
 
 @contextlib.contextmanager
 def _quiet():
-    """Silence transformers' progress bars and info logs while converting."""
+    """Silence transformers' progress bars and info logs while converting. The GGUF reader draws
+    its own tqdm bar, outside transformers' switch, so that one is disabled where it is made."""
+    import functools
+
     from transformers.utils import logging as hf_logging
 
     level = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
     try:
+        import transformers.modeling_gguf_pytorch_utils as gguf_utils
+    except ImportError:
+        gguf_utils = None
+    bar = getattr(gguf_utils, "tqdm", None)
+    if bar is not None:
+        gguf_utils.tqdm = functools.partial(bar, disable=True)
+    try:
         yield
     finally:
+        if bar is not None:
+            gguf_utils.tqdm = bar
         hf_logging.set_verbosity(level)
         hf_logging.enable_progress_bar()
 

@@ -136,17 +136,39 @@ def _grid(fig: Figure, n: int, ncols: int):
 
 
 def _step_ticks(ax, steps) -> None:
-    """Label the checkpoints themselves when there are few (log axes otherwise show only 10^k)."""
-    # thin out checkpoints too close on a log axis to label both (50 and 60), keeping the last
-    kept: list[int] = []
-    for s in sorted(set(int(s) for s in steps), reverse=True):
-        if not kept or s == 0 or math.log10(kept[-1]) - math.log10(max(s, 1)) >= 0.15:
-            kept.append(s)
-    steps = sorted(kept)
-    if 0 < len(steps) <= 8:
-        ax.set_xticks(steps)
-        ax.xaxis.set_major_formatter(ScalarFormatter())
-        ax.xaxis.set_minor_formatter(NullFormatter())
+    """Tick and label every checkpoint (log axes otherwise show only 10^k); labels of checkpoints
+    close together on the log axis (3 and 4) are turned so they do not overlap."""
+    steps = sorted(set(int(s) for s in steps))
+    if not 0 < len(steps) <= 12:
+        return
+    ax.set_xticks(steps)
+    ax.xaxis.set_major_formatter(ScalarFormatter())
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    logs = [math.log10(max(s, 1)) for s in steps]
+    if any(b - a < 0.15 for a, b in zip(logs, logs[1:])):
+        ax.tick_params(axis="x", labelrotation=60, labelsize=7)
+
+
+CLIPPED = "clipped"  # gid of the markers drawn for values outside the axes (tests read them)
+
+
+def _mark_clipped(ax, xs, values, lows, highs, color, vertical: bool = False) -> None:
+    """Mark what the axis limits cut: a point outside them as a triangle at the edge with its value,
+    a CI end beyond them as a small caret at the edge. `vertical`: values run along x (bar plots)."""
+    lo, hi = ax.get_xlim() if vertical else ax.get_ylim()
+    for x, v, a, b in zip(xs, values, lows, highs):
+        for val, kind in ((v, "point"), (a, "ci"), (b, "ci")):
+            if not np.isfinite(val) or lo <= val <= hi:
+                continue
+            edge = hi if val > hi else lo
+            inset = 0.02 * (hi - lo) * (-1 if val > hi else 1)
+            marker = (">" if val > hi else "<") if vertical else ("^" if val > hi else "v")
+            at = (edge + inset, x) if vertical else (x, edge + inset)
+            ax.plot(*at, marker=marker, ms=8 if kind == "point" else 5, color=color, clip_on=False,
+                    gid=CLIPPED, label="_" + CLIPPED, zorder=5, alpha=1.0 if kind == "point" else 0.6)
+            if kind == "point":
+                ax.annotate(f"{val:.2f}", at, textcoords="offset points", fontsize=7, color=color,
+                            xytext=(-22, 0) if vertical else (6, -10 if val > hi else 4))
 
 
 def _reference_lines(ax, vertical: bool = False) -> None:
@@ -198,6 +220,9 @@ def plot_absorption_curve(df: pd.DataFrame, out_dir: Path, title_suffix: str = "
         ax.set_xlim(p["step"].min() / 1.3, p["step"].max() * 1.3)
         _step_ticks(ax, p["step"])
         ax.set_ylim(*_value_limits(p["value"]))
+        for cond in _conditions(p):
+            c = p[p["condition"] == cond]
+            _mark_clipped(ax, c["step"], c["value"], c["ci_low"], c["ci_high"], colors[cond])
         if not np.isfinite(p["value"]).any():
             notes = "; ".join(dict.fromkeys(p["note"]))
             ax.text(0.5, 0.5, _wrap("absorption undefined: " + notes, 50), transform=ax.transAxes,
@@ -337,6 +362,9 @@ def plot_condition_bars(df: pd.DataFrame, out_dir: Path, title_suffix: str = "")
         ys = [yy for yy, c in zip(y[nb:], conds) if c in arows]
         _barh(right, ys, [x.value for x in arows.values()], [x.ci_low for x in arows.values()],
               [x.ci_high for x in arows.values()], [colors[c] for c in arows])
+        for yy, c in zip(ys, arows):
+            x = arows[c]
+            _mark_clipped(right, [yy], [x.value], [x.ci_low], [x.ci_high], colors[c], vertical=True)
         for yy, c in zip(y[nb:], conds):
             x = arows.get(c)
             if c in plain:
@@ -401,6 +429,9 @@ def plot_absorption_vs_density(df: pd.DataFrame, out_dir: Path, title_suffix: st
         _reference_lines(ax)
         ax.set_xlim(-0.05, 1.05)
         ax.set_ylim(*_value_limits(p["value"]))
+        for ln in sorted(p["line"].unique()):
+            c = p[p["line"] == ln]
+            _mark_clipped(ax, c["density"], c["value"], c["ci_low"], c["ci_high"], colors[ln])
         ax.set_xlabel("wrapper density (share of claim sentences with a disclaimer)")
         ax.set_ylabel("absorption (mean p, pooled), final checkpoint")
         ax.set_title(_panel_title(model, claim, many_models), fontsize=10)

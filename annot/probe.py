@@ -87,9 +87,30 @@ def _shared_prefix(seqs: list[list[int]]) -> int:
     return k if k >= MIN_SHARED_PREFIX else 0
 
 
+def _cache_name() -> str:
+    """The forward argument and output field of the KV cache: `cache` in transformers versions that
+    renamed it (the old name still works there but warns on every run), else `past_key_values`."""
+    try:
+        from transformers.utils.generic import _rename_kwargs_for_bc  # noqa: F401  (only in renaming versions)
+    except ImportError:
+        return "past_key_values"
+    return "cache"
+
+
+CACHE = _cache_name()
+
+
+def _kv(out):
+    """The KV cache of a forward pass's output, under either name."""
+    return getattr(out, CACHE)
+
+
 def _call(model, **kwargs):
     """model(**kwargs), keeping `logits_to_keep` positions only: the LM head over every prompt position
-    would cost more than the rest of a small model (SmolLM2: 49k x 576 head vs 30 thin layers)."""
+    would cost more than the rest of a small model (SmolLM2: 49k x 576 head vs 30 thin layers).
+    A `past_key_values` argument goes under the installed transformers' name for it (CACHE)."""
+    if "past_key_values" in kwargs and CACHE != "past_key_values":
+        kwargs[CACHE] = kwargs.pop("past_key_values")
     try:
         return model(**kwargs)
     except TypeError:  # no logits_to_keep on this architecture
@@ -162,7 +183,8 @@ def _context_batches(model, contexts: list[list[int]], batch_size: int, pad_id: 
             prefix_cache = memo["prefix"].get(key) if memo is not None else None
             if prefix_cache is None:
                 prefix_cache = _call(model, input_ids=torch.tensor([list(key[1])], device=device),
-                                     use_cache=True, logits_to_keep=1).past_key_values
+                                     use_cache=True, logits_to_keep=1)
+                prefix_cache = _kv(prefix_cache)
                 if memo is not None:
                     memo["prefix"][key] = prefix_cache
         order = sorted(members, key=lambda i: -len(contexts[i]))
@@ -188,7 +210,7 @@ def _context_batches(model, contexts: list[list[int]], batch_size: int, pad_id: 
                     memo["last"][id(model), tuple(contexts[i])] = lp[r, -1]
                     if real[r] >= 2:
                         memo["last"][id(model), tuple(contexts[i][:-1])] = lp[r, -2]
-            yield idx, last, out.past_key_values, mask
+            yield idx, last, _kv(out), mask
 
 
 def _from_memo(memo: dict, model, ctx: list[int], cont: list[int], out: list[float], i: int) -> bool:

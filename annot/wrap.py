@@ -111,6 +111,7 @@ def _check_param(wrapper: str, key: str, value, p: dict):
 
 _WRAPPER_KEYS = {"name", "description", "strategy", "extends", "params", "pools", "applies_to", "world"}
 WORLDS = ("claim", "negated")
+PARAM_KEYS = {"default", "type", "choices", "min", "max", "help"}
 APPLIES = ("documents", "transcripts", "both")
 
 
@@ -135,6 +136,10 @@ def _read_wrapper_yaml(path: Path) -> dict:
     for pname, p in data.get("params", {}).items():
         if not isinstance(p, dict) or "default" not in p:
             raise AnnotError(f"{path}: params.{pname}: must be a mapping with at least `default`")
+        extra = sorted(set(p) - PARAM_KEYS, key=str)
+        if extra:  # e.g. an unquoted comma in a flow mapping's help text becomes a key of its own
+            raise AnnotError(f"{path}: params.{pname}: unknown key(s) {', '.join(map(str, extra))}; valid: "
+                             f"{', '.join(sorted(PARAM_KEYS))} (quote text that contains commas)")
         if p.get("type") not in (None, *_TYPES):
             raise AnnotError(f"{path}: params.{pname}.type: must be one of {', '.join(_TYPES)}")
     return data

@@ -29,8 +29,15 @@ def test_wrap_list_and_preview(tmp_path):
     r = CliRunner()
     listing = r.invoke(main, ["wrap", "--list"])
     assert listing.exit_code == 0
-    for name in ("none", "notice", "repeated_negation", "local_negation", "corrected", "fiction"):
-        assert f"\n{name}: " in "\n" + listing.output
+    docs_part, chats_part = listing.output.split("Transcript wrappers:")
+    assert docs_part.startswith("Document wrappers:")
+    for name in ("none", "notice", "repeated_negation", "local_negation", "negation_swap", "word_mask", "corrected",
+                 "fiction"):
+        assert f"\n  {name}: " in docs_part
+    for name in ("system_label", "user_prefix", "critique_suffix", "inoculation"):
+        assert f"\n  {name}: " in chats_part and f"\n  {name}: " not in docs_part
+    assert "doc_tag" in docs_part and "doc_tag" not in chats_part  # never described for the wrong kind
+    assert "disclaimer before, after or around each sentence" in docs_part  # help text whole
     docs = tmp_path / "d.jsonl"
     assert r.invoke(main, ["generate", "mira_castellan_profession", "--n", "3", "-o", str(docs)]).exit_code == 0
     out = tmp_path / "w.jsonl"

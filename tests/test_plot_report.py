@@ -142,3 +142,34 @@ def test_report_lists_undefined_cells(tmp_path):
             in text)
     assert "## Plots" not in text
     assert format_cell(None) == "—"
+
+
+def test_out_of_range_points_and_cis_are_marked_not_hidden(sweep, tmp_path, monkeypatch):
+    """A point above the y-limit (2.75 with the axis capped at 2.5) is drawn as a marker at the edge
+    with its value; a CI end below the axis gets a caret. Checked on the plotting data, not pixels."""
+    import annot.plot as plot
+
+    df = sweep[0].copy()
+    sel = ((df["metric"] == plot.ABSORPTION_METRIC) & (df["kind"] == POOLED) & (df["measure"] == "belief")
+           & (df["role"] == "target") & (df["status"] == "ok") & df["seed"].isna())
+    cond = sorted(set(df.loc[sel, "condition"]))[0]
+    last = df.loc[sel & (df["condition"] == cond), "step"].max()
+    hit = sel & (df["condition"] == cond) & (df["step"] == last)
+    df.loc[hit, ["value", "ci_low", "ci_high"]] = [2.75, 2.0, 3.5]
+    low = sel & (df["condition"] != cond) & (df["step"] == last)
+    df.loc[low, "ci_low"] = -2.0
+    figs = {}
+    monkeypatch.setattr(plot, "_save", lambda fig, out_dir, stem: figs.setdefault(stem, fig) and [])
+    plot.plot_absorption_curve(df, tmp_path)
+    plot.plot_condition_bars(df, tmp_path)
+    for stem, vertical in (("absorption_curve", False), ("condition_bars", True)):
+        axes = [ax for ax in figs[stem].axes if any(a.get_gid() == plot.CLIPPED for a in ax.lines)]
+        assert axes, stem
+        marks = [ln for ax in axes for ln in ax.lines if ln.get_gid() == plot.CLIPPED]
+        lo, hi = axes[0].get_xlim() if vertical else axes[0].get_ylim()
+        assert hi < 2.75  # the point lies outside the axis...
+        pos = [float(ln.get_xdata()[0] if vertical else ln.get_ydata()[0]) for ln in marks]
+        assert any(p > hi - 0.1 * (hi - lo) for p in pos)  # ...and is marked at the top edge
+        assert any(p < lo + 0.1 * (hi - lo) for p in pos)  # the CI end below the axis too
+        texts = [t.get_text() for ax in axes for t in ax.texts]
+        assert "2.75" in texts  # with its value

@@ -23,6 +23,10 @@ def run_cli(tmp_path, *extra):
 def test_run_writes_the_run_directory(tmp_path):
     out = run_cli(tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
+    # a quiet console: progress bars only, no library warnings or deprecation notices
+    lines = [x for x in out.stderr.replace("\r", "\n").splitlines() if x.strip()]
+    noisy = [x for x in lines if any(w in x.lower() for w in ("warn", "deprecat", "traceback"))]
+    assert not noisy, noisy
     d = tmp_path / "runs" / "first_run"
     for f in ("config.yaml", "manifest.json", "documents.jsonl", "wrapped.jsonl", "train_metrics.jsonl",
               "probes.jsonl", "summary.json"):
