@@ -37,6 +37,7 @@ import math
 import os
 import random
 import re
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -540,6 +541,32 @@ def _append_row(path: Path, row: dict) -> None:
     append_row_once(path, row, key="run")
 
 
+class _Clock:
+    """Elapsed time and an ETA from the runs this process finished (mean seconds per run x runs left)."""
+
+    def __init__(self, todo: int):
+        self.start, self.todo, self.durations, self.began = time.monotonic(), todo, [], 0.0
+
+    def begin(self) -> None:
+        self.began = time.monotonic()
+
+    def finished(self) -> None:
+        self.durations.append(time.monotonic() - self.began)
+
+    def status(self) -> str:
+        if not self.durations:
+            return ""
+        left = max(0, self.todo - len(self.durations))
+        each = sum(self.durations) / len(self.durations)
+        return (f" (elapsed {_mmss(time.monotonic() - self.start)}, ETA ~{_mmss(left * each)} for {left} run(s) "
+                f"at ~{_mmss(each)} each)")
+
+
+def _mmss(seconds: float) -> str:
+    m, s = divmod(int(round(seconds)), 60)
+    return f"{m // 60}h{m % 60:02d}m" if m >= 60 else f"{m}m{s:02d}s"
+
+
 def run_sweep(sweep: Sweep, run_fn: Callable[[RunConfig], dict] = run, echo: Callable[[str], None] = print,
               count: int | None = None, seed: int = 0) -> Path:
     """Run every cell not yet in results.jsonl, in order; returns the results path.
@@ -565,6 +592,7 @@ def run_sweep(sweep: Sweep, run_fn: Callable[[RunConfig], dict] = run, echo: Cal
     # a cell another sweep finished meanwhile is run again (found complete at once; no second row).
     launched = int(os.environ.get("WORLD_SIZE", "1")) > 1
     taken = []
+    clock = _Clock(sum(1 for c in cells if c.name not in done))
     for wait in (False, True):  # first every free cell; then wait for the cells other processes held
         for i, cell in (enumerate(cells, 1) if not wait else taken):
             if cell.name in done:
@@ -578,9 +606,11 @@ def run_sweep(sweep: Sweep, run_fn: Callable[[RunConfig], dict] = run, echo: Cal
                     if cell.name in done:
                         echo(f"[{i}/{total}] {cell.name}: skip (done by another process)")
                         continue
-                    echo(f"[{i}/{total}] {cell.name}: running")
+                    echo(f"[{i}/{total}] {cell.name}: running{clock.status()}")
+                    clock.begin()
                     try:
                         summary = run_fn(cell.config) or {}
+                        clock.finished()
                     except AnnotError as e:  # same class: a failed run keeps exit code 1, bad input 2
                         raise type(e)(f"{sweep.path}: run {cell.name}: {e}") from None
                     done.add(cell.name)

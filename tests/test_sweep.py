@@ -288,6 +288,10 @@ def test_run_sweep_writes_one_row_per_run_and_skips_on_rerun(tmp_path, monkeypat
     assert r["metrics"] == {"seed": 0, "total_steps": 10, "final_loss": round(1 - pooled(r["run"]), 4)}
     assert table[0]["params"] == {"wrapper.name": "none", "seed": 0, "wrapper.params": {}}
     assert lines[1] == f"[1/6] {names[0]}: done (target claim: belief {pooled(names[0]):.2f})"
+    # from the second run on, each start says the elapsed time and an ETA from measured run times
+    assert lines[0] == f"[1/6] {names[0]}: running"
+    assert re.fullmatch(r"\[2/6\] .*: running \(elapsed \d+m\d\ds, ETA ~\d+m\d\ds for 5 run\(s\) at ~\d+m\d\ds each\)",
+                        lines[2]), lines[2]
     assert sweep_status(sweep) == {"planned": 6, "done": 6, "remaining": 0}
 
     again = FakeRun()
@@ -548,7 +552,7 @@ parameters:
         assert "Traceback" not in err, err
     rows = [json.loads(l) for l in (out / "results.jsonl").read_text().splitlines()]
     assert sorted(r["run"] for r in rows) == ["seed=0", "seed=1"]
-    ran = lambda text: {l.split("]")[1].split(":")[0].strip() for l in text.splitlines() if l.endswith(": running")}
+    ran = lambda text: {l.split("]")[1].split(":")[0].strip() for l in text.splitlines() if ": running" in l}
     assert ran(a_out) | ran(b_out) == {"seed=0", "seed=1"}
     assert not ran(a_out) & ran(b_out)  # no cell was run by both processes
     for name in ("seed=0", "seed=1"):
