@@ -150,6 +150,33 @@ def _step_ticks(ax, steps) -> None:
 
 
 CLIPPED = "clipped"  # gid of the markers drawn for values outside the axes (tests read them)
+CI_BAND, CI_EDGE = "ci_band", "ci_edge"  # gids of a condition's CI band and of its outline
+# One marker per condition (plain keeps the circle), so conditions with equal values stay apart.
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "<", ">", "*", "h", "p")
+DODGE_DECADES = 0.018  # horizontal offset between conditions, in decades of the log step axis
+
+
+def _markers(conditions: list[str]) -> dict[str, str]:
+    return {c: MARKERS[i % len(MARKERS)] for i, c in enumerate(conditions)}
+
+
+def _dodge(steps, i: int, n: int) -> np.ndarray:
+    """Steps of condition `i` of `n`, moved sideways so equal values do not hide each other: by a
+    factor on the log axis, and additively at step 0 (the linear part of a symlog axis)."""
+    d = (i - (n - 1) / 2) * DODGE_DECADES
+    s = np.asarray(steps, dtype=float)
+    return np.where(s > 0, s * 10 ** d, d)
+
+
+def _curve(ax, steps, values, lows, highs, color, marker: str, label: str, lw: float = 1.5,
+           zorder: float = 2) -> None:
+    """A condition's line with its markers, and its CI as a light band outlined by thin dashed
+    lines, so overlapping bands stay distinguishable."""
+    ax.plot(steps, values, marker=marker, ms=4.5, color=color, lw=lw, zorder=zorder, label=label, gid=f"line:{label}")
+    ax.fill_between(steps, lows, highs, color=color, alpha=0.08, lw=0, gid=CI_BAND)
+    for edge in (lows, highs):
+        ax.plot(steps, edge, color=color, lw=0.7, ls=(0, (3, 2)), alpha=0.7, zorder=zorder - 0.5,
+                label="_" + CI_EDGE, gid=CI_EDGE)
 
 
 def _mark_clipped(ax, xs, values, lows, highs, color, vertical: bool = False) -> None:
@@ -208,21 +235,23 @@ def plot_absorption_curve(df: pd.DataFrame, out_dir: Path, title_suffix: str = "
     fig = _figure(max(8.0, 6.0 * ncols), 3.8 * math.ceil(len(panels) / ncols) + 1.0 + 0.18 * d["condition"].nunique())
     axes = _grid(fig, len(panels), ncols)
     many_models = d["model"].nunique() > 1
+    markers = _markers(_conditions(condition_rows(df)))
     for ax, (model, claim) in zip(axes, panels):
         p = d[(d["model"] == model) & (d["claim"] == claim)]
-        for cond in _conditions(p):
+        conds = _conditions(p)
+        for i, cond in enumerate(conds):
             c = p[p["condition"] == cond].sort_values("step")
-            ax.plot(c["step"], c["value"], marker="o", ms=4, color=colors[cond], label=cond)
-            ax.fill_between(c["step"], c["ci_low"], c["ci_high"], color=colors[cond], alpha=0.13, lw=0)
+            _curve(ax, _dodge(c["step"], i, len(conds)), c["value"], c["ci_low"], c["ci_high"], colors[cond],
+                   markers[cond], cond)
         _reference_lines(ax)
         ax.set_xscale("log")
         # explicit limits: a panel whose absorption is all undefined has no data to autoscale from
         ax.set_xlim(p["step"].min() / 1.3, p["step"].max() * 1.3)
         _step_ticks(ax, p["step"])
         ax.set_ylim(*_value_limits(p["value"]))
-        for cond in _conditions(p):
-            c = p[p["condition"] == cond]
-            _mark_clipped(ax, c["step"], c["value"], c["ci_low"], c["ci_high"], colors[cond])
+        for i, cond in enumerate(conds):
+            c = p[p["condition"] == cond].sort_values("step")
+            _mark_clipped(ax, _dodge(c["step"], i, len(conds)), c["value"], c["ci_low"], c["ci_high"], colors[cond])
         if not np.isfinite(p["value"]).any():
             notes = "; ".join(dict.fromkeys(p["note"]))
             ax.text(0.5, 0.5, _wrap("absorption undefined: " + notes, 50), transform=ax.transAxes,
@@ -248,6 +277,7 @@ def plot_belief_curves(df: pd.DataFrame, out_dir: Path, title_suffix: str = "") 
     kinds = sorted(d["kind"].unique(), key=kind_rank)
     colors = _colors(condition_rows(df))
     plain = _plain(d)
+    markers = _markers(_conditions(condition_rows(df)))
     fig = _figure(max(8.0, 3.7 * len(kinds)), 3.2 * len(panels) + 1.0 + 0.12 * d["condition"].nunique())
     axes = fig.subplots(len(panels), len(kinds), squeeze=False, sharey=True)
     many_models = d["model"].nunique() > 1
@@ -260,19 +290,18 @@ def plot_belief_curves(df: pd.DataFrame, out_dir: Path, title_suffix: str = "") 
                 ax.set_visible(False)
                 continue
             conds = _conditions(pk)
-            for cond in conds:
+            for i, cond in enumerate(conds):
                 c = pk[pk["condition"] == cond].sort_values("step")
                 is_plain = cond in plain
-                ax.plot(c["step"], c["value"], marker="o", ms=3.5, color=colors[cond], lw=2.6 if is_plain else 1.5,
-                        zorder=3 if is_plain else 2, label=cond)
-                ax.fill_between(c["step"], c["ci_low"], c["ci_high"], color=colors[cond], alpha=0.15, lw=0)
+                _curve(ax, _dodge(c["step"], i, len(conds)), c["value"], c["ci_low"], c["ci_high"], colors[cond],
+                       markers[cond], cond, lw=2.6 if is_plain else 1.5, zorder=3 if is_plain else 2)
             base = pk[pk["step"] == 0]
             base = base[base["condition"].isin(plain)] if base["condition"].isin(plain).any() else base
             if not base.empty:
                 ax.axhline(float(base["value"].iloc[0]), color=BASE_COLOR, ls=":", lw=1.5, zorder=1,
                            label="base model (step 0)")
             ax.set_xscale("symlog", linthresh=1)
-            ax.set_xlim(-0.15, max(1.0, pk["step"].max()) * 1.6)
+            ax.set_xlim(-0.2, max(1.0, pk["step"].max()) * 1.6)
             _step_ticks(ax, pk["step"])
             ax.set_ylim(-0.03, 1.03)
             ax.grid(alpha=0.3)
@@ -298,11 +327,13 @@ def _barh(ax, y, values, lows, highs, colors, hatches=None) -> None:
     ax.errorbar(v[has], np.asarray(y)[has], xerr=err[:, has], fmt="none", ecolor="0.15", capsize=3, lw=1)
 
 
+VALUE_COLUMN = "value_column"  # gid of the value labels (tests read their positions)
+
+
 def _value_text(ax, y, row) -> None:
-    """The value just right of the bar or its CI, kept inside the axes (set the x limits first)."""
-    lo, hi = ax.get_xlim()
-    end = max(row.value, row.ci_high if np.isfinite(row.ci_high) else row.value)
-    ax.text(min(end + 0.02 * (hi - lo), hi - 0.07 * (hi - lo)), y, f"{row.value:.2f}", va="center", fontsize=8)
+    """The value in a column just right of the axes, where no bar or whisker can reach it."""
+    ax.text(1.01, y, f"{row.value:.2f}", va="center", ha="left", fontsize=8, gid=VALUE_COLUMN,
+            transform=ax.get_yaxis_transform(), clip_on=False)
 
 
 def _short_reason(note: str) -> str:
@@ -358,7 +389,7 @@ def plot_condition_bars(df: pd.DataFrame, out_dir: Path, title_suffix: str = "")
         right.sharey(left)
         right.tick_params(labelleft=False)
         arows = {c: next(fa[fa["condition"] == c].itertuples()) for c in conds if (fa["condition"] == c).any()}
-        right.set_xlim(*_value_limits([v for x in arows.values() for v in (x.value, x.ci_high)], hi=1.25))
+        right.set_xlim(*_value_limits([v for x in arows.values() for v in (x.value, x.ci_low, x.ci_high)], hi=1.25))
         ys = [yy for yy, c in zip(y[nb:], conds) if c in arows]
         _barh(right, ys, [x.value for x in arows.values()], [x.ci_low for x in arows.values()],
               [x.ci_high for x in arows.values()], [colors[c] for c in arows])

@@ -173,3 +173,40 @@ def test_out_of_range_points_and_cis_are_marked_not_hidden(sweep, tmp_path, monk
         assert any(p < lo + 0.1 * (hi - lo) for p in pos)  # the CI end below the axis too
         texts = [t.get_text() for ax in axes for t in ax.texts]
         assert "2.75" in texts  # with its value
+
+
+def test_equal_conditions_stay_visible_and_bands_are_outlined(sweep, tmp_path, monkeypatch):
+    """Two conditions with the same values (a wrapper that changed nothing, drawn over plain) are
+    both visible: different markers, sideways offsets, and every CI band has its own outline; the
+    bar plot's value labels sit in a column right of the axes, clear of bars and whiskers."""
+    import annot.plot as plot
+
+    df = sweep[0].copy()
+    sel = (df["metric"] == plot.VALUE_METRIC) & (df["role"] == "target") & (df["kind"] == POOLED) & df["seed"].isna()
+    conds = sorted(set(df.loc[sel, "condition"]))
+    assert len(conds) >= 2
+    a, b = conds[:2]
+    cols = ["value", "ci_low", "ci_high"]
+    key = ["model", "claim", "measure", "step"]
+    src = df[sel & (df["condition"] == a)].set_index(key)[cols]
+    for i in df.index[sel & (df["condition"] == b)]:
+        k = tuple(df.loc[i, key])
+        if k in src.index:
+            df.loc[i, cols] = src.loc[k].to_numpy()
+    figs = {}
+    monkeypatch.setattr(plot, "_save", lambda fig, out_dir, stem: figs.setdefault(stem, fig) and [])
+    plot.plot_belief_curves(df, tmp_path)
+    plot.plot_condition_bars(df, tmp_path)
+    ax = figs["belief_curves"].axes[0]
+    lines = {ln.get_label(): ln for ln in ax.lines if (ln.get_gid() or "").startswith("line:")}
+    la, lb = lines[a], lines[b]
+    assert la.get_marker() != lb.get_marker()
+    assert list(la.get_ydata()) == list(lb.get_ydata())  # same values...
+    xa, xb = np.asarray(la.get_xdata(), float), np.asarray(lb.get_xdata(), float)
+    assert np.all(xa != xb)  # ...drawn apart
+    n_curves = len(lines)
+    assert sum(ln.get_gid() == plot.CI_EDGE for ln in ax.lines) == 2 * n_curves
+    assert sum(c.get_gid() == plot.CI_BAND for c in ax.collections) == n_curves
+    bars_ax = figs["condition_bars"].axes[0]
+    labels = [t for t in bars_ax.texts if t.get_gid() == plot.VALUE_COLUMN]
+    assert labels and all(t.get_position()[0] > 1.0 for t in labels)  # axes fraction: right of the axes
