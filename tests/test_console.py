@@ -1,0 +1,39 @@
+"""annot.console.rates_table: probe contexts become rows, so the table fits 100 columns however many
+contexts were probed, and every value shown is the one given."""
+from annot.console import rates_table
+
+CONTEXTS = ["adversarial", "pushback", "in_context", "system_skeptic", "multi_turn"]
+
+
+def _rates():
+    r = {"yes_no": 0.5, "mcq": 0.25, "open_ended": 0.125, "cloze": 0.75, "belief": 0.3125, "association": 0.75,
+         "n": 34}
+    for i, c in enumerate(CONTEXTS):
+        r[f"yes_no@{c}"] = 0.1 * i
+        r[f"mcq@{c}"] = 0.05 * i
+    return {0: dict(r), 12: {**r, "yes_no": 0.875}}
+
+
+def test_contexts_are_rows_and_width_fits():
+    text = rates_table(_rates())
+    lines = text.splitlines()
+    assert max(map(len, lines)) <= 100
+    assert len(lines) == 1 + 2 * (1 + len(CONTEXTS))
+    header = lines[0].split()
+    assert header == ["step", "context", "cloze", "mcq", "open_ended", "yes_no", "belief", "association", "n"]
+    row = next(ln for ln in lines if ln.split()[:2] == ["12", "default"]).split()
+    assert dict(zip(header, row))["yes_no"] == "0.875" and dict(zip(header, row))["belief"] == "0.312"
+    adv = next(ln for ln in lines if ln.split()[:2] == ["0", "pushback"]).split()
+    got = dict(zip(header, adv))
+    assert got["yes_no"] == "0.100" and got["mcq"] == "0.050" and got["cloze"] == "—" and got["belief"] == "—"
+
+
+def test_without_contexts_no_context_column():
+    text = rates_table({3: {"yes_no": 0.5, "belief": 0.5, "n": 10}})
+    assert text.splitlines()[0].split() == ["step", "yes_no", "belief", "n"]
+
+
+def test_columns_past_the_width_are_named_not_cut():
+    text = rates_table(_rates(), max_width=50)
+    assert all(len(ln) <= 50 for ln in text.splitlines()[:-1])
+    assert text.splitlines()[-1].startswith("(not shown for width:")
