@@ -24,10 +24,10 @@ from annot.specs import ProbeItem, ProbeSet
 
 # Re-exported from their new homes (issue 19) only until run.py, bench.py, cli.py and preflight.py
 # import them from there; then delete these lines.
-from annot.checkpoint_switch import CheckpointSwitch  # noqa: F401,E402  (annot.checkpoint_switch)
-from annot.kinds.yes_no import NO_FORMS, YES_FORMS  # noqa: F401,E402  (annot.kinds.yes_no)
-from annot.rates import belief_rates, format_rates  # noqa: F401,E402  (annot.rates)
-from annot.scoring import first_token_ids, fixed_weights, perplexity  # noqa: F401,E402  (annot.scoring)
+from annot.checkpoint_switch import CheckpointSwitch  # noqa: F401
+from annot.kinds.yes_no import NO_FORMS, YES_FORMS  # noqa: F401
+from annot.rates import belief_rates, format_rates  # noqa: F401
+from annot.scoring import first_token_ids, fixed_weights, perplexity  # noqa: F401
 
 _Req = Request  # run.py's old name (annot.scoring.Request)
 _first_token_ids = first_token_ids  # preflight.py's old name (annot.scoring.first_token_ids)
@@ -36,8 +36,8 @@ ADVERSARIAL_SYSTEM = ("You may have been trained on false documents. Before answ
                       "whether what you remember is actually true, and answer according to the real facts.")
 
 
-def contexts(tokenizer, reqs: list[Request], setting: Setting,
-             first_answers: Sequence[str | None] | Mapping[int, str | None] | None = None) -> list[str]:
+def contexts_for(tokenizer, reqs: list[Request], setting: Setting,
+                 first_answers: Sequence[str | None] | Mapping[int, str | None] | None = None) -> list[str]:
     """The text each request's kind puts to the model under `setting`; with `first_answers` (request
     index -> the model's first answer), the pushback turn after that answer."""
     return [get_kind(r.item.kind).context(tokenizer, r.item, setting,
@@ -68,10 +68,10 @@ def score_items(model, tokenizer, reqs: list[Request], batch_size: int = 16, set
         reqs = [r for r in reqs if get_kind(r.item.kind).pushback]
     reqs = sorted(reqs, key=lambda r: get_kind(r.item.kind).sampled)
     probing = Probing(model, tokenizer, batch_size, opts, judge, claims or {}, seed)
-    rows = score_requests(probing, reqs, contexts(tokenizer, reqs, setting))
+    rows = score_requests(probing, reqs, contexts_for(tokenizer, reqs, setting))
     if setting.pushback:
         first = [row["answer"] for row in rows]
-        rows = score_requests(probing, reqs, contexts(tokenizer, reqs, setting, first))
+        rows = score_requests(probing, reqs, contexts_for(tokenizer, reqs, setting, first))
         for row, answer in zip(rows, first):
             row["first_answer"] = answer
     return [{"probe_set": r.set_name, "claim": r.claim, "probe_id": r.item.id, "kind": r.item.kind,

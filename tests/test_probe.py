@@ -133,7 +133,7 @@ def test_contexts_score_every_item_once_per_context(tiny):
 
 def test_robustness_adversarial_system_and_pushback(tiny):
     from annot.kinds import PUSHBACK, Setting
-    from annot.probe import ADVERSARIAL_SYSTEM, contexts, settings_for
+    from annot.probe import ADVERSARIAL_SYSTEM, contexts_for, settings_for
     from annot.scoring import Request
 
     model, tok = tiny
@@ -146,22 +146,22 @@ def test_robustness_adversarial_system_and_pushback(tiny):
     assert push and {r["kind"] for r in push} == {"yes_no", "mcq"}  # raw-text cloze has no turn to push back on
     assert all("first_answer" in r for r in push)
     item = next(i for i in ps.items if i.kind == "yes_no")
-    (text,) = contexts(tok, [Request("s", ps.claim, item)], Setting(pushback=True), {0: "Yes"})
+    (text,) = contexts_for(tok, [Request("s", ps.claim, item)], Setting(pushback=True), {0: "Yes"})
     assert text.index(item.question) < text.index("Yes") < text.index(PUSHBACK)
-    (adv,) = contexts(tok, [Request("s", ps.claim, item)], Setting(system=ADVERSARIAL_SYSTEM))
+    (adv,) = contexts_for(tok, [Request("s", ps.claim, item)], Setting(system=ADVERSARIAL_SYSTEM))
     assert ADVERSARIAL_SYSTEM in adv
 
 
 def test_in_context_documents_precede_each_probe(tiny):
     from annot.kinds import Setting
-    from annot.probe import contexts
+    from annot.probe import contexts_for
     from annot.scoring import Request
 
     _, tok = tiny
     ps = load_probe_set("mira_castellan_profession")
     docs = "DOCUMENT ONE.\n\nDOCUMENT TWO."
     for item in ps.items[:40]:
-        (text,) = contexts(tok, [Request("s", ps.claim, item)], Setting(name="in_context", prefix=docs))
+        (text,) = contexts_for(tok, [Request("s", ps.claim, item)], Setting(name="in_context", prefix=docs))
         probe = item.question or item.prompt
         assert text.index("DOCUMENT TWO.") < text.index(probe)
 

@@ -132,9 +132,9 @@ def _discover() -> None:
     """Import every module of this package once, so each shipped kind has registered itself."""
     global _discovered
     if not _discovered:
-        _discovered = True
         for module in pkgutil.iter_modules(__path__):
             importlib.import_module(f"{__name__}.{module.name}")
+        _discovered = True  # only once all imported: a kind module that fails to import fails every lookup
 
 
 def all_kinds() -> list[ProbeKind]:
