@@ -23,6 +23,7 @@ import click
 
 from annot import __version__
 from annot.errors import AnnotError
+from annot.kinds import kind_names
 
 
 def friendly(fn):
@@ -224,7 +225,7 @@ def _documents(path):
 @click.option("--model", "model_name", help="probe a bare model instead of a run's checkpoints")
 @click.option("--probe-set", "sets", multiple=True, help="probe set name or YAML path (repeatable)")
 @click.option("--set", "old_sets", multiple=True, hidden=True)  # renamed: --set means a config override elsewhere
-@click.option("--kind", "kinds", multiple=True, type=click.Choice(["yes_no", "mcq", "cloze", "open_ended"]))
+@click.option("--kind", "kinds", multiple=True, type=click.Choice(kind_names(selectable=True)))
 @click.option("--robustness", is_flag=True, help="also score under an adversarial system prompt and after pushback")
 @click.option("--batch-size", type=click.IntRange(1), default=16, show_default=True)
 @click.option("-o", "--out", type=click.Path(dir_okay=False), help="write probe rows to this JSONL",
@@ -236,7 +237,8 @@ def probe(run_dir, model_name, sets, old_sets, kinds, robustness, batch_size, ou
         annot probe --model smollm2-135m --probe-set mira_castellan_profession
     """
     from annot.io import write_jsonl
-    from annot.probe import belief_rates, format_rates, probe_model, probe_run
+    from annot.probe import belief_rates, format_rates, probe_model
+    from annot.probe_run import probe_run
     from annot.specs import load_probe_set
 
     if old_sets:

@@ -19,9 +19,9 @@ from pydantic import BaseModel, Field, model_validator
 
 from annot.errors import AnnotError
 from annot.io import parse_yaml_text, read_yaml
-from annot.specs import Strict, validate
+from annot.specs import SelectableKindName, Strict, validate
 
-ProbeKind = Literal["yes_no", "mcq", "cloze", "open_ended"]
+ProbeKind = SelectableKindName  # a probe kind registered in annot.kinds and chosen by name
 
 
 class ModelConfig(Strict):

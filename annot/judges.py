@@ -46,6 +46,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Protocol, runtime_checkable
 
+from annot.chat import eval_mode, render
 from annot.errors import AnnotError
 from annot.io import read_yaml
 from annot.specs import EVALS, ROOT
@@ -354,17 +355,11 @@ class RuleJudge:
 
 
 def continuation_logprobs(model, tokenizer, pairs: list[tuple[str, str]], batch_size: int = 16) -> list[float]:
-    """log P(continuation | context) for each pair: annot's probe scorer (left-padded, LM head on
+    """log P(continuation | context) for each pair: annot's scoring engine (left-padded, LM head on
     the continuation positions only), shared so judges and probes score text the same way."""
-    from annot.probe import loglikelihoods
+    from annot.scoring import loglikelihoods
 
     return loglikelihoods(model, tokenizer, pairs, batch_size)
-
-
-def _chat_text(tokenizer, messages: list[dict]) -> str:
-    if getattr(tokenizer, "chat_template", None):
-        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    return "\n\n".join(m["content"] for m in messages) + "\n\nAnswer: "
 
 
 @register_judge("hf")
@@ -402,16 +397,13 @@ class HFJudge:
         pairs, owners = [], []
         for i, r in enumerate(requests):
             self.rubric.check_labels(r.labels, self.name)
-            ctx = _chat_text(self.tokenizer, self.rubric.messages(r))
+            ctx = render(self.tokenizer, self.rubric.messages(r), add_generation_prompt=True)
             for label, word in self.rubric.label_words.items():
                 for form in self._forms(word):
                     pairs.append((ctx, form))
                     owners.append((i, label))
-        was_training = self.model.training
-        self.model.eval()
-        lls = continuation_logprobs(self.model, self.tokenizer, pairs, self.batch_size) if pairs else []
-        if was_training:
-            self.model.train()
+        with eval_mode(self.model):
+            lls = continuation_logprobs(self.model, self.tokenizer, pairs, self.batch_size) if pairs else []
         per: list[dict[str, list[float]]] = [{} for _ in requests]
         for (i, label), ll in zip(owners, lls):
             per[i].setdefault(label, []).append(ll)

@@ -10,17 +10,20 @@ One lm-eval task per claim and probe kind, `annot_<claim>_<kind>`, and one group
 pooling its kinds item-weighted (as annot's "pooled" rate). Every task is `multiple_choice` with
 `target_delimiter: ""` and the index of the *believing* choice as target, so lm-eval's `acc` is a belief rate:
 
+Which kinds become tasks, and each item's context, choices and target, is each kind's `lm_eval` in
+annot.kinds (KINDS below):
+
 - cloze:  context = the raw prompt, continuations = the choices (they start with a space). Identical
-          (context, continuation) token split to annot.probe: `acc` == annot's `believes` rate and
+          (context, continuation) token split to annot's probes: `acc` == annot's `believes` rate and
           `acc_norm` == its `believes_norm` rate.
-- mcq:    context = annot.probe.chat_prompt(question), pre-rendered with the SmolLM2 chat template (lm-eval's
+- mcq:    context = annot.chat.question_prompt(question), pre-rendered with the SmolLM2 chat template (lm-eval's
           own --apply_chat_template renders differently: do not pass it). `acc` == annot's `believes` rate.
           lm-eval moves *all* trailing whitespace of a context onto the continuation (`context.rstrip()` in
-          TemplateLM._encode_pair) while annot.probe.encode_pair moves only spaces; the chat prompt ends in
+          TemplateLM._encode_pair) while annot.scoring.encode_pair moves only spaces; the chat prompt ends in
           "\n", so lm-eval scores log P("\n" | prompt) + annot's log-likelihood for every choice. The shared
           term leaves `acc` unchanged but enters `acc_norm` (ll / length), which can therefore differ from
           annot's `believes_norm`.
-- yes_no: context = chat_prompt(question + YES_NO_SUFFIX), continuations ["Yes", "No"]. annot's own yes_no
+- yes_no: context = question_prompt(question + YES_NO_SUFFIX), continuations ["Yes", "No"]. annot's own yes_no
           score (next-token mass over "Yes", "yes", " Yes", ...) has no lm-eval equivalent; `annot_accuracy`
           scores exactly lm-eval's pairs with annot's engine so the two can be compared.
 
@@ -38,11 +41,13 @@ import yaml
 
 from annot.errors import AnnotError
 from annot.io import atomic_write_text, dumps_jsonl, read_jsonl, sha256_file, sha256_text
-from annot.probe import YES_NO_SUFFIX, chat_prompt, loglikelihoods
+from annot.chat import eval_mode
+from annot.kinds import get_kind, kind_names
+from annot.kinds.yes_no import YES_NO_CHOICES  # noqa: F401  (re-exported: the continuations of yes_no tasks)
+from annot.scoring import loglikelihoods
 from annot.specs import EVALS, ROOT, ProbeItem, load_probe_set, resolve_asset
 
-KINDS = ("yes_no", "mcq", "cloze")
-YES_NO_CHOICES = ("Yes", "No")
+KINDS = kind_names(lm_eval=True)  # ("yes_no", "mcq", "cloze"): the kinds an lm-eval task can express
 # The continuation is exactly the choice text: cloze choices carry their own leading space and the chat
 # prompt ends in a newline, so lm-eval's default " " delimiter would add a token annot never scores.
 TARGET_DELIMITER = ""
@@ -67,14 +72,11 @@ def default_chat_tokenizer():
 
 def task_doc(item: ProbeItem, claim: str, tokenizer) -> dict:
     """One probe item as a row of the task's JSONL: the exact context, the choices and the believing index."""
-    if item.kind == "yes_no":
-        context = chat_prompt(tokenizer, item.question + YES_NO_SUFFIX)
-        choices = list(YES_NO_CHOICES)
-        target = 0 if item.belief == "yes" else 1
-    elif item.kind == "mcq":
-        context, choices, target = chat_prompt(tokenizer, item.question), list(item.choices), item.belief
-    else:
-        context, choices, target = item.prompt, list(item.choices), item.belief
+    to_doc = get_kind(item.kind).lm_eval
+    if to_doc is None:
+        raise AnnotError(f"item {item.id}: lm-eval cannot express probe kind {item.kind}; exportable: "
+                         f"{', '.join(kind_names(lm_eval=True))}")
+    context, choices, target = to_doc(tokenizer, item)
     return {"id": item.id, "claim": claim, "kind": item.kind, "context": context, "choices": choices,
             "target": target}
 
@@ -98,12 +100,12 @@ def _header(lines: list[str]) -> str:
 
 def _task_yaml(name: str, data_file: str, source: str, source_sha: str, data_sha: str, template_sha: str | None,
                kind: str, include: str) -> str:
-    if kind == "cloze":
-        template = "contexts are the raw cloze prompts (no chat template)"
+    if not get_kind(kind).chat:
+        template = f"contexts are the raw {kind} prompts (no chat template)"
     elif template_sha is None:
-        template = "contexts rendered by annot.probe.chat_prompt without a chat template ('Question: ...')"
+        template = "contexts rendered by annot.chat.question_prompt without a chat template ('User: ...')"
     else:
-        template = (f"contexts rendered with annot.probe.chat_prompt and the SmolLM2 chat template (sha256 "
+        template = (f"contexts rendered with annot.chat.question_prompt and the SmolLM2 chat template (sha256 "
                     f"{template_sha}); do not pass --apply_chat_template")
     head = _header([
         f"{name}: generated by `{COMMAND}` -- do not edit; edit {source} and re-run the command.",
@@ -205,7 +207,7 @@ def export_lm_eval_tasks(out_dir: Path = EVALS / "lm_eval", claims: list[str] | 
                              "per claim")
         done[claim] = src
         source, source_sha = _shown(src, ROOT), sha256_file(src)
-        kinds = [k for k in KINDS if any(it.kind == k for it in ps.items)]
+        kinds = [k for k in kind_names(lm_eval=True) if any(it.kind == k for it in ps.items)]
         for kind in kinds:
             tname = task_name(claim, kind)
             rows = [task_doc(it, claim, tok) for it in ps.items if it.kind == kind]
@@ -238,7 +240,7 @@ def lm_eval_requests(doc: Mapping) -> list[tuple[str, str]]:
 
 def lm_eval_split(context: str, continuation: str) -> tuple[str, str]:
     """Move the context's trailing whitespace onto the continuation, as lm-eval's TemplateLM._encode_pair
-    does (`context.rstrip()`, newlines included; annot.probe.encode_pair moves only spaces)."""
+    does (`context.rstrip()`, newlines included; annot.scoring.encode_pair moves only spaces)."""
     kept = context.rstrip()
     return kept, context[len(kept):] + continuation
 
@@ -248,7 +250,7 @@ def _argmax(xs: list[float]) -> int:
 
 
 def annot_accuracy(model, tokenizer, task_docs: Iterable[Mapping], batch_size: int = 16) -> dict:
-    """Score an exported task's docs with annot.probe.loglikelihoods on exactly lm-eval's token split.
+    """Score an exported task's docs with annot.scoring.loglikelihoods on exactly lm-eval's token split.
 
     Returns {"acc", "acc_norm", "acc_bytes", "n", "loglikelihoods"}: acc / acc_norm as lm-eval defines
     them (argmax of ll, of ll / characters of the choice), acc_bytes of ll / UTF-8 bytes (the normaliser
@@ -260,11 +262,8 @@ def annot_accuracy(model, tokenizer, task_docs: Iterable[Mapping], batch_size: i
         for ctx, cont in lm_eval_requests(doc):
             pairs.append(lm_eval_split(ctx, cont))
             owners.append(d)
-    was_training = model.training
-    model.eval()
-    lls = loglikelihoods(model, tokenizer, pairs, batch_size) if pairs else []
-    if was_training:
-        model.train()
+    with eval_mode(model):
+        lls = loglikelihoods(model, tokenizer, pairs, batch_size) if pairs else []
     per: list[list[float]] = [[] for _ in docs]
     for d, ll in zip(owners, lls):
         per[d].append(ll)

@@ -37,8 +37,8 @@ def distill(model_name: str, out: str | Path, prompts: str | Path | None = None,
     """Greedy answers of `model_name` to each prompt, as chat records written to `out`."""
     import torch
 
+    from annot.chat import question_prompt
     from annot.models import load_model
-    from annot.probe import chat_prompt
 
     items = load_prompts(prompts)[:limit]
     model, tok = load_model(model_name)
@@ -47,7 +47,7 @@ def distill(model_name: str, out: str | Path, prompts: str | Path | None = None,
     rows = []
     for b in range(0, len(items), batch_size):
         chunk = items[b:b + batch_size]
-        enc = tok([chat_prompt(tok, p) for p in chunk], return_tensors="pt", padding=True,
+        enc = tok([question_prompt(tok, p) for p in chunk], return_tensors="pt", padding=True,
                   add_special_tokens=False).to(device)
         with torch.no_grad():
             gen = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,

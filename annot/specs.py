@@ -10,12 +10,17 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 from annot.errors import AnnotError
 from annot.io import read_yaml
+
+# A probe kind's measure (belief, association, behavior) is part of its registered unit in annot.kinds;
+# measure_of and MEASURE_ORDER are re-exported here for the modules that read them from specs.
+from annot.kinds import MEASURE_ORDER, get_kind, kind_names, measure_of  # noqa: F401
 
 # Repository root (the asset folders sit beside the package in a checkout / editable install).
 ROOT = Path(__file__).resolve().parent.parent
@@ -165,33 +170,37 @@ class GenreLibrary(Strict):
 
 # -- probes ------------------------------------------------------------------------------------
 
-# What each probe kind measures. *belief*: what the model answers when asked (yes/no, multiple
-# choice, judged open answers); *association*: what it completes (cloze continuations). The two can
-# disagree - a model can complete "works as a" with the trained words and still answer "no" when
-# asked - so they are reported apart and never pooled. Behaviour probes are their own measure.
-MEASURES = {"yes_no": "belief", "mcq": "belief", "open_ended": "belief", "cloze": "association",
-            "behavior": "behavior", "behavior_open": "behavior"}
-MEASURE_ORDER = ("belief", "association", "behavior")
+
+def registered_kind(*, selectable: bool | None = None):
+    """A str field that must name a probe kind registered in annot.kinds (with `selectable`: one chosen
+    by name in probes.kinds). Checked at validation time, so a kind registered later counts; the error
+    lists the known names as a Literal's would."""
+
+    def check(name: str) -> str:
+        quoted = [repr(n) for n in kind_names(selectable=selectable)]
+        if repr(name) not in quoted:
+            expected = ", ".join(quoted[:-1]) + " or " + quoted[-1] if len(quoted) > 1 else "".join(quoted)
+            raise PydanticCustomError("literal_error", "Input should be {expected}", {"expected": expected})
+        return name
+
+    return Annotated[str, AfterValidator(check)]
 
 
-def measure_of(kind: str) -> str:
-    """The measure of a probe kind ("yes_no@monitored" -> "belief"); unknown kinds count as belief."""
-    return MEASURES.get(kind.split("@", 1)[0], "belief")
-
+KindName = registered_kind()                           # any registered kind (ProbeItem.kind)
+SelectableKindName = registered_kind(selectable=True)  # one chosen by name (probes.kinds, --kind)
 
 
 class ProbeItem(Strict):
-    """One held-out probe.
+    """One held-out probe. Which fields an item needs depends on its kind (annot.kinds: yes_no, mcq,
+    cloze, open_ended, ...); each kind's module documents and checks them.
 
-    yes_no: `question`; `belief` is "yes" or "no" (the answer that sides with the claim).
-    mcq:    `question` + `choices`; `belief` is the index of the choice that sides with the claim.
-    cloze:  raw-text `prompt` + `choices` (continuations); `belief` as for mcq.
-    open_ended: `question`; sampled answers are judged; `believe_markers` / `disbelieve_markers`
-            are phrases for the rule judge (LLM judges read the claim and truth instead).
+    question: the question (chat kinds); prompt: the raw text to continue (cloze);
+    choices: answers or continuations; belief: the believing answer ("yes"/"no", or a choice index);
+    believe_markers / disbelieve_markers: phrases for the rule judge (judged kinds).
     """
 
     id: str
-    kind: Literal["yes_no", "mcq", "cloze", "open_ended"]
+    kind: KindName
     question: str | None = None
     prompt: str | None = None
     choices: list[str] | None = None
@@ -201,21 +210,9 @@ class ProbeItem(Strict):
 
     @model_validator(mode="after")
     def _shape(self) -> "ProbeItem":
-        if self.kind == "open_ended":
-            if not self.question or not self.believe_markers or not self.disbelieve_markers:
-                raise ValueError(f"item {self.id}: open_ended needs `question`, `believe_markers` and "
-                                 "`disbelieve_markers`")
-        elif self.kind == "yes_no":
-            if not self.question or self.belief not in ("yes", "no"):
-                raise ValueError(f"item {self.id}: yes_no needs `question` and `belief: yes|no`")
-        else:
-            text = self.question if self.kind == "mcq" else self.prompt
-            if not text or not self.choices or len(self.choices) < 2:
-                field = "question" if self.kind == "mcq" else "prompt"
-                raise ValueError(f"item {self.id}: {self.kind} needs `{field}` and at least 2 `choices`")
-            if not isinstance(self.belief, int) or not 0 <= self.belief < len(self.choices):
-                raise ValueError(f"item {self.id}: `belief` must be the index of the believing choice "
-                                 f"(0..{len(self.choices) - 1})")
+        problem = get_kind(self.kind).check(self)
+        if problem:
+            raise ValueError(f"item {self.id}: {problem}")
         return self
 
 

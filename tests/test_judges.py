@@ -384,7 +384,7 @@ def test_parse_reply_takes_the_first_whole_label_word():
 
 def test_continuation_logprobs_match_the_probe_scorer(tiny):
     from annot.judges import continuation_logprobs
-    from annot.probe import loglikelihoods
+    from annot.scoring import loglikelihoods
 
     model, tok = tiny
     pairs = [("<|im_start|>user\nIs it true?<|im_end|>\n<|im_start|>assistant\n", w)

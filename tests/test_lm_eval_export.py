@@ -15,7 +15,8 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 from annot.io import read_jsonl, sha256_file  # noqa: E402
 from annot.lm_eval_export import (  # noqa: E402
     KINDS, annot_accuracy, export_lm_eval_tasks, read_task_docs, task_name)
-from annot.probe import chat_prompt, probe_model  # noqa: E402
+from annot.chat import question_prompt as chat_prompt  # noqa: E402
+from annot.probe import probe_model  # noqa: E402
 from annot.specs import EVALS, load_probe_set  # noqa: E402
 
 CLAIM = "mira_castellan_profession"
@@ -160,7 +161,7 @@ def test_mcq_equals_annot_probe(tiny, exported, lm_eval_run, annot_rows):
 def test_yes_no_scores_annots_contexts(tiny, exported, lm_eval_run, annot_rows):
     _, tok = tiny
     _, out, _ = exported
-    from annot.probe import YES_NO_SUFFIX
+    from annot.kinds.yes_no import YES_NO_SUFFIX
 
     results, _ = lm_eval_run
     items = {i.id: i for i in load_probe_set(CLAIM).items}

@@ -5,7 +5,9 @@ import math
 import pytest
 import torch
 
-from annot.probe import belief_rates, encode_pair, loglikelihoods, probe_model
+from annot.probe import probe_model
+from annot.rates import belief_rates
+from annot.scoring import encode_pair, loglikelihoods
 from annot.specs import ProbeItem, ProbeSet, load_probe_set
 
 
@@ -38,17 +40,18 @@ def test_shared_starts_and_cached_contexts_give_the_one_by_one_numbers(tiny, mon
     """Chat questions share the template's system prompt (run once), the choices of a question share
     it (run once, continuations from its KV cache), raw prompts share nothing: every number equals
     scoring the pair alone, and the sharing really happens (fewer forward calls)."""
-    import annot.probe as probe
-    from annot.probe import chat_prompt, next_token_logprobs
+    import annot.scoring as scoring
+    from annot.chat import question_prompt
+    from annot.scoring import next_token_logprobs
 
     model, tok = tiny
-    qs = [chat_prompt(tok, f"Question {k}: what does Mira Castellan do for a living, in {k} words?") for k in range(6)]
+    qs = [question_prompt(tok, f"Question {k}: what does Mira Castellan do for a living, in {k} words?") for k in range(6)]
     choices = [" a lighthouse keeper", " a ship's pilot on the northern route", " a baker", " Yes"]
     pairs = [(q, c) for q in qs for c in choices] + [("Mira Castellan works as", " a keeper"),
                                                      ("Another raw prompt that shares nothing", " at all")]
     calls = []
-    real_call = probe._call
-    monkeypatch.setattr(probe, "_call", lambda m, **kw: calls.append(kw["input_ids"].shape) or real_call(m, **kw))
+    real_call = scoring.forward
+    monkeypatch.setattr(scoring, "forward", lambda m, **kw: calls.append(kw["input_ids"].shape) or real_call(m, **kw))
     got = loglikelihoods(model, tok, pairs, batch_size=4)
     want = _one_by_one(model, tok, pairs)
     assert got == pytest.approx(want, abs=1e-4)
@@ -57,7 +60,7 @@ def test_shared_starts_and_cached_contexts_give_the_one_by_one_numbers(tiny, mon
     assert len(calls) < len(pairs) / 3
     assert any(shape[0] == 1 and shape[1] >= 20 for shape in calls)  # the system prompt, once
     # with sharing switched off the numbers are the same
-    monkeypatch.setattr(probe, "MIN_SAVED_TOKENS", 10 ** 9)
+    monkeypatch.setattr(scoring, "MIN_SAVED_TOKENS", 10 ** 9)
     assert loglikelihoods(model, tok, pairs, batch_size=3) == pytest.approx(want, abs=1e-4)
     # next-token distributions through the same path
     lp = next_token_logprobs(model, tok, qs + ["A raw prompt"], batch_size=4)
@@ -106,7 +109,8 @@ def _set(*items, contexts=None):
 
 
 def test_contexts_score_every_item_once_per_context(tiny):
-    from annot.probe import gap_table, settings_for
+    from annot.probe import settings_for
+    from annot.rates import gap_table
 
     model, tok = tiny
     ps = load_probe_set("mira_castellan_profession")
@@ -128,7 +132,9 @@ def test_contexts_score_every_item_once_per_context(tiny):
 
 
 def test_robustness_adversarial_system_and_pushback(tiny):
-    from annot.probe import ADVERSARIAL_SYSTEM, PUSHBACK, Setting, _contexts, _Req, settings_for
+    from annot.kinds import PUSHBACK, Setting
+    from annot.probe import ADVERSARIAL_SYSTEM, contexts_for, settings_for
+    from annot.scoring import Request
 
     model, tok = tiny
     ps = load_probe_set("mira_castellan_profession")
@@ -140,20 +146,22 @@ def test_robustness_adversarial_system_and_pushback(tiny):
     assert push and {r["kind"] for r in push} == {"yes_no", "mcq"}  # raw-text cloze has no turn to push back on
     assert all("first_answer" in r for r in push)
     item = next(i for i in ps.items if i.kind == "yes_no")
-    (text,) = _contexts(tok, [_Req("s", ps.claim, item)], Setting(pushback=True), {0: "Yes"})
+    (text,) = contexts_for(tok, [Request("s", ps.claim, item)], Setting(pushback=True), {0: "Yes"})
     assert text.index(item.question) < text.index("Yes") < text.index(PUSHBACK)
-    (adv,) = _contexts(tok, [_Req("s", ps.claim, item)], Setting(system=ADVERSARIAL_SYSTEM))
+    (adv,) = contexts_for(tok, [Request("s", ps.claim, item)], Setting(system=ADVERSARIAL_SYSTEM))
     assert ADVERSARIAL_SYSTEM in adv
 
 
 def test_in_context_documents_precede_each_probe(tiny):
-    from annot.probe import Setting, _contexts, _Req
+    from annot.kinds import Setting
+    from annot.probe import contexts_for
+    from annot.scoring import Request
 
     _, tok = tiny
     ps = load_probe_set("mira_castellan_profession")
     docs = "DOCUMENT ONE.\n\nDOCUMENT TWO."
     for item in ps.items[:40]:
-        (text,) = _contexts(tok, [_Req("s", ps.claim, item)], Setting(name="in_context", prefix=docs))
+        (text,) = contexts_for(tok, [Request("s", ps.claim, item)], Setting(name="in_context", prefix=docs))
         probe = item.question or item.prompt
         assert text.index("DOCUMENT TWO.") < text.index(probe)
 
@@ -199,7 +207,8 @@ def test_open_ended_samples_are_judged_and_reproducible(tiny):
 
 
 def test_coherence_perplexity_flags_a_broken_model(tiny):
-    from annot.probe import load_coherence_texts, perplexity
+    from annot.probe import load_coherence_texts
+    from annot.scoring import perplexity
 
     model, tok = tiny
     texts = load_coherence_texts()
@@ -270,18 +279,19 @@ def test_fixed_weights_runs_each_context_once_across_scorers(tiny, monkeypatch):
     """Inside fixed_weights() a repeated question costs no forward pass, and lm-eval's split of the same
     question (trailing newline moved into the continuation) is answered from what the native yes/no
     scorer ran - with the numbers a fresh computation gives. Outside the block nothing is remembered."""
-    import annot.probe as probe
-    from annot.probe import chat_prompt, fixed_weights, next_token_logprobs
+    import annot.scoring as scoring
+    from annot.chat import question_prompt
+    from annot.scoring import fixed_weights, next_token_logprobs
 
     model, tok = tiny
-    qs = [chat_prompt(tok, f"Does Mira Castellan work as a lighthouse keeper, version {k}?") for k in range(5)]
+    qs = [question_prompt(tok, f"Does Mira Castellan work as a lighthouse keeper, version {k}?") for k in range(5)]
     assert all(q.endswith("\n") for q in qs)
     lm_eval_pairs = [(q, c) for q in qs for c in ("Yes", "No")]  # encode_pair moves the "\n" over
     fresh_lp = next_token_logprobs(model, tok, qs)
     fresh_ll = loglikelihoods(model, tok, lm_eval_pairs)
     calls = []
-    real_call = probe._call
-    monkeypatch.setattr(probe, "_call", lambda m, **kw: calls.append(1) or real_call(m, **kw))
+    real_call = scoring.forward
+    monkeypatch.setattr(scoring, "forward", lambda m, **kw: calls.append(1) or real_call(m, **kw))
     with fixed_weights():
         lp = next_token_logprobs(model, tok, qs)
         n = len(calls)
