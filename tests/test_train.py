@@ -160,7 +160,7 @@ def test_resume_after_interruption_gives_identical_results(tmp_path, mira):
 
 
 def test_half_written_checkpoint_is_ignored_on_resume(tmp_path):
-    from annot.train import _latest_resumable
+    from annot.checkpoints import latest_resumable as _latest_resumable
 
     good = tmp_path / "checkpoints" / "step-4"
     good.mkdir(parents=True)
