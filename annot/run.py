@@ -13,6 +13,10 @@ Run directory (runs/<name>/):
     probes.jsonl         one row per probe x checkpoint
     summary.json         belief rate per checkpoint x probe kind (written last)
 Every file is written atomically; summary.json and status=complete appear only when all is done.
+
+The steps of `_run_main` in order: the run directory (new, resumed or already complete), data and
+wrapping, the model, training with a CheckpointProber (annot/run_probes.py) probing each checkpoint,
+the probes still missing, the summary.
 """
 
 from __future__ import annotations
@@ -190,7 +194,6 @@ def mix_in(examples: list[dict], cfg: RunConfig) -> list[dict]:
     picked = [{**pool[i], "id": f"mixin-{j:05d}", "mixin": True, "spans": pool[i].get("spans", [])}
               for j, i in enumerate(order[:k])]
     return examples + picked
-
 
 
 def run(cfg: RunConfig, *, progress: bool = True, echo: Callable[[str], None] = print, force: bool = False) -> dict:

@@ -264,5 +264,3 @@ def behavior_rows(model, tok, cfg: RunConfig, step: int) -> list[dict]:
                              seed=cfg.seed):
             rows.append({"run": cfg.name, "checkpoint": f"step-{step}", "step": step, **r, "kind": "behavior_open"})
     return rows
-
-
