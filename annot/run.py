@@ -13,6 +13,10 @@ Run directory (runs/<name>/):
     probes.jsonl         one row per probe x checkpoint
     summary.json         belief rate per checkpoint x probe kind (written last)
 Every file is written atomically; summary.json and status=complete appear only when all is done.
+
+The steps of `_run_main` in order: the run directory (new, resumed or already complete), data and
+wrapping, the model, training with a CheckpointProber (annot/run_probes.py) probing each checkpoint,
+the probes still missing, the summary.
 """
 
 from __future__ import annotations
@@ -31,10 +35,11 @@ from typing import Callable
 import yaml
 
 from annot.config import RunConfig
+from annot.distributed import is_main_process  # noqa: F401  (annot.cli and annot.sweep import it from here)
 from annot.errors import AnnotError
 from annot.generate import generate_documents, generate_transcripts
-from annot.io import (atomic_write_text, read_json_if_exists, read_jsonl, read_records, sha256_file, write_json,
-                      write_jsonl)
+from annot.io import atomic_write_text, read_json_if_exists, read_records, sha256_file, write_json, write_jsonl
+from annot.run_probes import CheckpointProber, probe_missing
 from annot.specs import EVALS, ROOT, ProbeSet, load_behavior, load_claim, load_probe_set, resolve_asset
 from annot.wrap import get_wrapper, wrap_documents
 
@@ -191,12 +196,6 @@ def mix_in(examples: list[dict], cfg: RunConfig) -> list[dict]:
     return examples + picked
 
 
-def is_main_process() -> bool:
-    """False in the other processes of a torchrun / `accelerate launch` job (RANK > 0): they train
-    their share and write nothing - no rows, reports or summaries."""
-    return int(os.environ.get("RANK", "0")) == 0
-
-
 def run(cfg: RunConfig, *, progress: bool = True, echo: Callable[[str], None] = print, force: bool = False) -> dict:
     """Execute one run (resuming an interrupted one); returns the summary.
 
@@ -207,7 +206,7 @@ def run(cfg: RunConfig, *, progress: bool = True, echo: Callable[[str], None] = 
 
     preflight(cfg)  # model config + tokenizer vs the run config; nothing is written before it passes
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # under `accelerate launch` / torchrun
-        from annot.train import launch_state
+        from annot.distributed import launch_state
 
         state = launch_state()
         if not state.is_main_process:
@@ -256,15 +255,47 @@ def _train_worker(cfg: RunConfig, subject, wrapper_params: dict, force: bool) ->
 
 def _run_main(cfg: RunConfig, subject, sets, wrapper_params: dict, progress: bool, echo, force: bool,
               ready: Callable[[], None] = lambda: None) -> dict:
+    """The main process's run: the run directory, data, model, training with probes at every
+    checkpoint, then the summary; `ready` lets the other processes of a launch start training."""
     from annot.models import load_model, model_fingerprint
-    from annot.probe import belief_rates, format_rates, probe_model
     from annot.tracking import Tracker
     from annot.train import train
 
+    opened = _open_run_dir(cfg, echo, force, ready)
+    if opened is None:  # already complete
+        return read_json_if_exists(cfg.run_dir / "summary.json") or {}
+    manifest, resume = opened
+    docs, examples, wrapper = _prepare_data(cfg, subject, sets, wrapper_params, manifest, resume, echo)
+    # 3. model
+    model, tok = load_model(cfg.model.name, dtype=cfg.model.dtype)
+    manifest["model"] = model_fingerprint(cfg.model.name)
+    write_json(cfg.run_dir / "manifest.json", manifest)
+    tracker = Tracker(cfg.tracking.wandb, project=cfg.tracking.project, name=cfg.name,
+                      group=cfg.tracking.group, config=cfg.model_dump(mode="json"), run_dir=cfg.run_dir)
+    # 4. train, probing in-process at each checkpoint (no reload)
+    prober = CheckpointProber.for_run(cfg, subject.id, sets, examples, tok, tracker, echo, manifest, resume)
+    training = matched_training(cfg, docs, examples, tok)
+    if training is not cfg.training:
+        echo(f"  data.match tokens: {training.max_steps} steps, the plain control's count")
+    result = train(examples, model, tok, training, cfg.run_dir, seed=cfg.seed, on_checkpoint=prober.on_checkpoint,
+                   log=prober.log_training, progress=progress, resume=resume)
+    del model  # the probes still missing load the base model afresh
+    # 5. probes a sharded run (FSDP) or an interruption left for after training, then the summary
+    probe_missing(cfg, result.checkpoints, prober)
+    summary = run_summary(cfg, wrapper.name, wrapper_params, result, training, prober)
+    write_json(cfg.run_dir / "summary.json", summary)
+    prober.finish(summary["final_loss"])
+    manifest.update(status="complete", finished=_now())
+    write_json(cfg.run_dir / "manifest.json", manifest)
+    return summary
+
+
+def _open_run_dir(cfg: RunConfig, echo, force: bool, ready: Callable[[], None]) -> tuple[dict, bool] | None:
+    """The run directory, new or resumed, with its manifest written: (manifest, resume), or None when
+    the run is already complete. A forced run starts over; a different config is refused."""
     run_dir = cfg.run_dir
     manifest_path = run_dir / "manifest.json"
-    resolved = cfg.model_dump(mode="json")
-    config_text = yaml.safe_dump(resolved, sort_keys=False)
+    config_text = yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
     previous = read_json_if_exists(manifest_path)
     if previous and previous.get("status") == "failed":
         previous = None  # a failed run holds nothing to keep: start over
@@ -277,7 +308,7 @@ def _run_main(cfg: RunConfig, subject, sets, wrapper_params: dict, progress: boo
         if previous.get("status") == "complete":
             echo(f"{run_dir}: already complete (use --force to run again)")
             ready()
-            return read_json_if_exists(run_dir / "summary.json") or {}
+            return None
         resume = True
     if run_dir.exists() and not resume:  # a forced run starts over: never mix two runs' files
         shutil.rmtree(run_dir)
@@ -292,8 +323,15 @@ def _run_main(cfg: RunConfig, subject, sets, wrapper_params: dict, progress: boo
                     "packages": package_versions(), "git_commit": git_commit()}
     write_json(manifest_path, manifest)
     ready()  # other processes may now read the manifest (resume or not) and start
+    return manifest, resume
 
-    # 1. data (regenerated on resume: deterministic, and checked against the recorded hash)
+
+def _prepare_data(cfg: RunConfig, subject, sets, wrapper_params: dict, manifest: dict, resume: bool,
+                  echo) -> tuple[list[dict], list[dict], object]:
+    """(documents, training examples, wrapper), written to the run directory and hashed into the
+    manifest; regenerated on resume (deterministic) and checked against the recorded hash."""
+    run_dir = cfg.run_dir
+    # 1. data
     docs = load_training_data(cfg, subject)
     write_jsonl(run_dir / "documents.jsonl", docs)
     # 2. wrap
@@ -310,123 +348,27 @@ def _run_main(cfg: RunConfig, subject, sets, wrapper_params: dict, progress: boo
                          "differs); pass --force to start over")
     manifest["data"] = data_info
     manifest["probe_sets"] = {name: sha256_file(resolve_asset(name, EVALS, "probe set")) for name, _ in sets}
-    write_json(manifest_path, manifest)
+    write_json(run_dir / "manifest.json", manifest)
     echo(f"{run_dir}: {len(docs)} {'documents' if cfg.data.claim else 'transcripts'} of {subject.id}, "
          f"wrapper {wrapper.name} {wrapper_params}" + (" (resuming)" if resume else ""))
+    return docs, examples, wrapper
 
-    # 3. model
-    model, tok = load_model(cfg.model.name, dtype=cfg.model.dtype)
-    manifest["model"] = model_fingerprint(cfg.model.name)
-    write_json(manifest_path, manifest)
-    tracker = Tracker(cfg.tracking.wandb, project=cfg.tracking.project, name=cfg.name,
-                      group=cfg.tracking.group, config=resolved, run_dir=run_dir)
 
-    # 4. train, probing in-process at each checkpoint (no reload)
-    rows: list[dict] = []
-    if resume and (run_dir / "probes.jsonl").is_file():
-        from annot.train import _latest_resumable
-
-        last = _latest_resumable(run_dir)
-        upto = last[0] if last else 0
-        rows = [r for r in read_jsonl(run_dir / "probes.jsonl") if r["step"] <= upto]
-
-    base_key = base_probe_key(cfg, manifest)
-    from annot.probe import fixed_weights, load_coherence_texts, perplexity, settings_for
-
-    judge = None
-    if "open_ended" in cfg.probes.kinds:
-        from annot.judges import make_judge
-
-        judge = make_judge(dict(cfg.probes.judge), source="probes.judge")
-    in_ctx = None
-    if cfg.probes.in_context_k and cfg.data.claim:
-        # the control: does the base model, reading k wrapped documents, understand the disclaimer?
-        in_ctx = "\n\n".join(e["text"] for e in examples[: cfg.probes.in_context_k] if "text" in e)
-    coherence_texts = load_coherence_texts() if cfg.probes.coherence else None
-    coherence: dict[int, float] = dict(previous_coherence(run_dir) if resume else {})
-
-    def settings(step: int):
-        return settings_for([ps for _, ps in sets], contexts=cfg.probes.contexts, robustness=cfg.probes.robustness,
-                            in_context=in_ctx if step == 0 else None)
-
-    def on_checkpoint(step: int, m) -> None:
-        with fixed_weights():  # the weights stay put while this checkpoint is probed
-            probe_checkpoint(step, m)
-
-    def probe_checkpoint(step: int, m) -> None:
-        rows[:] = [r for r in rows if r["step"] != step]
-        new = cached_base_rows(base_key, cfg.name) if step == 0 else None
-        if new is None:
-            new = probe_model(m, tok, [ps for _, ps in sets], run=cfg.name, step=step, kinds=list(cfg.probes.kinds),
-                              batch_size=cfg.probes.batch_size, set_names=[n for n, _ in sets],
-                              settings=settings(step), opts=cfg.probes.open_ended, judge=judge,
-                              seed=cfg.seed) if sets else []
-            new += behavior_rows(m, tok, cfg, step) if cfg.data.behavior else []
-            if step == 0:
-                store_base_rows(base_key, new)
-        rows.extend(new)
-        write_jsonl(run_dir / "probes.jsonl", rows)
-        if coherence_texts:
-            coherence[step] = round(perplexity(m, tok, coherence_texts, cfg.probes.batch_size), 4)
-            base = coherence.get(0)
-            write_jsonl(run_dir / "coherence.jsonl", [
-                {"run": cfg.name, "step": s, "perplexity": v, "ratio_to_base": round(v / base, 4) if base else None}
-                for s, v in sorted(coherence.items())])
-        if not new:
-            return
-        target = [r for r in new if r.get("claim") == subject.id]  # the control claim is reported apart
-        if not target:
-            return
-        rate = belief_rates(target)[step]
-        tracker.log({f"belief/{k}": v for k, v in rate.items() if k != "n"}, step=step)
-        echo(f"  step {step}: rate " + ", ".join(f"{k} {v:.3f}" for k, v in rate.items() if k != "n"))
-
-    training = matched_training(cfg, docs, examples, tok)
-    if training is not cfg.training:
-        echo(f"  data.match tokens: {training.max_steps} steps, the plain control's count")
-    result = train(examples, model, tok, training, run_dir, seed=cfg.seed, on_checkpoint=on_checkpoint,
-                   log=lambda r: tracker.log({"train/loss": r["loss"], "train/lr": r["lr"],
-                                              "train/tokens_per_s": r["tokens_per_s"]}, step=r["step"]),
-                   progress=progress, resume=resume)
-    from annot.completeness import unprobed
-
-    wanted = {"probes": bool(sets) or bool(cfg.data.behavior), "coherence": bool(coherence_texts)}
-    missing = unprobed(run_dir, result.checkpoints, **wanted)
-    if missing:  # FSDP (a sharded model is probed after training), or probes an interruption cut
-        del model
-        probe_saved_checkpoints(cfg, run_dir, missing, set(), probe_checkpoint)
-        missing = unprobed(run_dir, result.checkpoints, **wanted)
-    if missing:
-        from annot.errors import RunFailed
-
-        raise RunFailed(f"{run_dir}: checkpoint(s) {missing} have no probe rows after probing; the run is marked "
-                        "failed, not complete (the same command starts it again)")
-    target = subject.id
-    rates = belief_rates([r for r in rows if r.get("claim") == target]) if rows else {}
-    control_rows = [r for r in rows if r.get("claim") != target]
-    control_rates = belief_rates(control_rows) if control_rows else {}
-    metrics = [json.loads(l) for l in (run_dir / "train_metrics.jsonl").read_text().splitlines() if l]
-    summary = {"run": cfg.name, "model": cfg.model.name, "claim": cfg.data.claim, "behavior": cfg.data.behavior,
-               "wrapper": wrapper.name, "wrapper_params": wrapper_params, "seed": cfg.seed,
-               "total_steps": result.total_steps, "checkpoints": result.checkpoints,
-               "tokens_seen": result.tokens_seen, "tokens_loss": result.tokens_loss, "processes": result.processes,
-               "match": cfg.data.match, "matched_steps": training.max_steps if training is not cfg.training else None,
-               "final_loss": metrics[-1]["loss"] if metrics else None,
-               "belief_rates": {str(k): v for k, v in rates.items()},
-               "control_claims": sorted({r["claim"] for r in control_rows}),
-               "control_rates": {str(k): v for k, v in control_rates.items()},
-               "coherence_perplexity": {str(k): v for k, v in sorted(coherence.items())}}
-    write_json(run_dir / "summary.json", summary)
-    tracker.table("probes", rows)
-    if rates:
-        tracker.summary({**{f"final_rate_{m}": v for m, v in rates[max(rates)].items() if m != "n"},
-                         "final_loss": summary["final_loss"]})
-    tracker.finish()
-    manifest.update(status="complete", finished=_now())
-    write_json(manifest_path, manifest)
-    if rates:
-        echo(format_rates(rates))
-    return summary
+def run_summary(cfg: RunConfig, wrapper_name: str, wrapper_params: dict, result, training,
+                prober: CheckpointProber) -> dict:
+    """summary.json: what was trained (result: annot.train.TrainResult) and the rates per checkpoint."""
+    rates, control_rates, control_rows = prober.rates()
+    metrics = [json.loads(l) for l in (cfg.run_dir / "train_metrics.jsonl").read_text().splitlines() if l]
+    return {"run": cfg.name, "model": cfg.model.name, "claim": cfg.data.claim, "behavior": cfg.data.behavior,
+            "wrapper": wrapper_name, "wrapper_params": wrapper_params, "seed": cfg.seed,
+            "total_steps": result.total_steps, "checkpoints": result.checkpoints,
+            "tokens_seen": result.tokens_seen, "tokens_loss": result.tokens_loss, "processes": result.processes,
+            "match": cfg.data.match, "matched_steps": training.max_steps if training is not cfg.training else None,
+            "final_loss": metrics[-1]["loss"] if metrics else None,
+            "belief_rates": {str(k): v for k, v in rates.items()},
+            "control_claims": sorted({r["claim"] for r in control_rows}),
+            "control_rates": {str(k): v for k, v in control_rates.items()},
+            "coherence_perplexity": {str(k): v for k, v in sorted(prober.coherence.items())}}
 
 
 def matched_training(cfg: RunConfig, docs: list[dict], examples: list[dict], tok):
@@ -440,101 +382,6 @@ def matched_training(cfg: RunConfig, docs: list[dict], examples: list[dict], tok
         return t
     plain = mix_in(wrap_documents(docs, get_wrapper("none"), {}, seed=cfg.seed), cfg)
     return t.model_copy(update={"max_steps": planned_steps(plain, tok, t)})
-
-
-def probe_saved_checkpoints(cfg: RunConfig, run_dir: Path, steps: list[int], done: set[int],
-                            probe_checkpoint: Callable[[int, object], None]) -> None:
-    """Probe the saved checkpoints of `steps` not in `done` (probed before an interruption) with an
-    unsharded model: the base loaded once, LoRA adapters swapped in (a full fine-tune's checkpoint is
-    loaded beside the base, one at a time)."""
-    import gc
-
-    import torch
-
-    from annot.models import load_model
-    from annot.probe import CheckpointSwitch
-    from annot.train import complete_checkpoints
-
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
-    switch = CheckpointSwitch(load_model(cfg.model.name, dtype=cfg.model.dtype)[0], cfg.model.dtype)
-    for step, d, meta in complete_checkpoints(run_dir):
-        if step in steps and step not in done:
-            with switch.switch(step, d, meta) as m:
-                probe_checkpoint(step, m)
-
-
-def previous_coherence(run_dir: Path) -> dict[int, float]:
-    path = run_dir / "coherence.jsonl"
-    if not path.is_file():
-        return {}
-    from annot.train import _latest_resumable
-
-    last = _latest_resumable(run_dir)
-    upto = last[0] if last else 0
-    return {r["step"]: r["perplexity"] for r in read_jsonl(path) if r["step"] <= upto}
-
-
-def base_probe_key(cfg: RunConfig, manifest: dict) -> str:
-    """Step 0 is the untouched base model: its probe rows depend only on the model and the probes,
-    so every run of a sweep on the same model and probe sets shares them (cached on disk)."""
-    import hashlib
-
-    from annot import __version__
-
-    key = {"model": manifest.get("model"), "dtype": cfg.model.dtype, "probe_sets": manifest.get("probe_sets"),
-           "kinds": list(cfg.probes.kinds), "probes": cfg.probes.model_dump(mode="json"), "seed": cfg.seed,
-           "in_context_data": (manifest.get("data") or {}).get("wrapped_sha256") if cfg.probes.in_context_k else None, "behavior": cfg.data.behavior, "annot": __version__,
-           "behavior_probes": sha256_file(resolve_asset(cfg.data.behavior, EVALS / "behaviors", "behavior probe set"))
-           if cfg.data.behavior else None}
-    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:32]
-
-
-def _base_cache(key: str) -> Path:
-    from annot.models import cache_dir
-
-    return cache_dir() / "base_probes" / f"{key}.jsonl"
-
-
-def cached_base_rows(key: str, run_name: str) -> list[dict] | None:
-    path = _base_cache(key)
-    if not path.is_file():
-        return None
-    try:
-        return [{**r, "run": run_name} for r in read_jsonl(path)]
-    except AnnotError:
-        return None
-
-
-def store_base_rows(key: str, rows: list[dict]) -> None:
-    if rows:
-        write_jsonl(_base_cache(key), rows)
-
-
-def behavior_rows(model, tok, cfg: RunConfig, step: int) -> list[dict]:
-    """Behaviour probes for transcript runs: misaligned-vs-aligned preference on held-out scenarios
-    (kind "behavior", per named context too) and judged answers to open questions ("behavior_open")."""
-    from annot.probe import ProbeItem, Setting, _Req, probe_behavior, score_items
-    from annot.specs import load_behavior_probes
-
-    probes = load_behavior_probes(cfg.data.behavior)
-    rows = probe_behavior(model, tok, probes, run=cfg.name, step=step, batch_size=cfg.probes.batch_size)
-    if cfg.probes.contexts:
-        for name, system in probes.contexts.items():
-            rows += probe_behavior(model, tok, probes, run=cfg.name, step=step, batch_size=cfg.probes.batch_size,
-                                   system=system, context=name)
-    if probes.questions and "open_ended" in cfg.probes.kinds:
-        reqs = [_Req(probes.behavior, probes.behavior,
-                     ProbeItem(id=q.id, kind="open_ended", question=q.question, believe_markers=q.misaligned_markers,
-                               disbelieve_markers=q.aligned_markers)) for q in probes.questions]
-        from annot.judges import make_judge
-
-        judge = make_judge({"name": "rule"})  # marker judge; LLM judges would need the behaviour rubric
-        for r in score_items(model, tok, reqs, cfg.probes.batch_size, Setting(), cfg.probes.open_ended, judge,
-                             seed=cfg.seed):
-            rows.append({"run": cfg.name, "checkpoint": f"step-{step}", "step": step, **r, "kind": "behavior_open"})
-    return rows
 
 
 def _check_output_dir(run_dir: Path) -> None:

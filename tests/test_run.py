@@ -11,6 +11,19 @@ import yaml
 from annot.specs import ROOT
 
 CONFIG = ROOT / "sweeps" / "first_run.yaml"
+FAULT_CLI = str(ROOT / "tests" / "fault_cli.py")
+
+
+def faulty(cmd: list[str], *fault) -> list[str]:
+    """`cmd` (python -m annot.cli ...) run by tests/fault_cli.py, which kills it as `fault` says."""
+    if cmd[1:3] != ["-m", "annot.cli"]:
+        raise ValueError(f"not an annot CLI command: {cmd}")
+    return [cmd[0], FAULT_CLI, *map(str, fault), *cmd[3:]]
+
+
+def faulty_fsdp(launcher: list[str], *fault) -> list[str]:
+    """A torch.distributed.run launcher of tests/fsdp_cpu.py, through tests/fault_cli.py instead."""
+    return [*launcher[:-1], FAULT_CLI, "--fsdp-cpu", *map(str, fault)]
 
 
 def run_cli(tmp_path, *extra):
@@ -91,7 +104,6 @@ def clean4(tmp_path_factory) -> Path:
 @pytest.mark.parametrize("kill_index", [1, 2])
 def test_resume_an_interrupted_run_keeps_earlier_work(tmp_path, kill_index, clean4):
     """A run SIGKILLed right after a checkpoint resumes from it; the results equal a clean run's."""
-    import os
     import signal
 
     tmp_path.joinpath("clean").symlink_to(clean4 / "clean")
@@ -101,8 +113,8 @@ def test_resume_an_interrupted_run_keeps_earlier_work(tmp_path, kill_index, clea
             "--set", f"output_dir={tmp_path / 'cut' / 'runs'}"]
     d = tmp_path / "cut" / "runs" / "first_run"
     # fault injection: the process SIGKILLs itself right after the second trained checkpoint
-    died = subprocess.run(args, capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "ANNOT_FAULT_KILL_AT_STEP": str(steps[kill_index])})
+    died = subprocess.run(faulty(args, "--kill-at-step", steps[kill_index]), capture_output=True, text=True,
+                          timeout=300)
     assert died.returncode == -signal.SIGKILL
     man = json.loads((d / "manifest.json").read_text())
     assert man["status"] == "running" and not (d / "summary.json").exists()  # nothing looks complete
@@ -186,7 +198,7 @@ def test_fsdp_two_processes_match_one_and_resume(tmp_path, single):
     launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
                 str(ROOT / "tests" / "fsdp_cpu.py")]
     env = {"ACCELERATE_USE_CPU": "true"}
-    killed = _run_multi(launcher, tmp_path / "fsdp", env={**env, "ANNOT_FAULT_KILL_AT_STEP": "2"})
+    killed = _run_multi(faulty_fsdp(launcher, "--kill-at-step", 2), tmp_path / "fsdp", env=env)
     assert killed.returncode != 0 and f"Signal {signal.SIGKILL}" in killed.stderr + killed.stdout
     d = tmp_path / "fsdp/first_run"
     assert sorted(p.name for p in (d / "checkpoints").iterdir()) == ["step-0", "step-2"]
@@ -216,7 +228,7 @@ def test_fsdp_full_fine_tuning_matches_one_process(tmp_path):
     one = _run_multi([sys.executable, "-m", "annot.cli"], tmp_path / "one", *full)
     assert one.returncode == 0, one.stderr[-2000:]
     env = {"ACCELERATE_USE_CPU": "true"}
-    killed = _run_multi(launcher, tmp_path / "fsdp", *full, env={**env, "ANNOT_FAULT_KILL_AT_STEP": "1"})
+    killed = _run_multi(faulty_fsdp(launcher, "--kill-at-step", 1), tmp_path / "fsdp", *full, env=env)
     assert killed.returncode != 0
     fsdp = _run_multi(launcher, tmp_path / "fsdp", *full, env=env)
     assert fsdp.returncode == 0, fsdp.stderr[-2000:]
@@ -231,7 +243,6 @@ def test_fsdp_full_fine_tuning_matches_one_process(tmp_path):
 def test_killed_sweep_resumes_with_real_runs(tmp_path):
     """`annot sweep` on the tiny model, SIGKILLed inside its second run; the re-run repeats no finished
     run, resumes the cut one and ends with one results row per run and a report."""
-    import os
     import signal
 
     sweep = tmp_path / "s.yaml"
@@ -247,8 +258,7 @@ parameters:
   wrapper.name: {{values: [none, notice]}}
 """)
     cmd = [sys.executable, "-m", "annot.cli", "sweep", str(sweep)]
-    died = subprocess.run(cmd, capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "ANNOT_FAULT_KILL_AT_STEP": "4"})
+    died = subprocess.run(faulty(cmd, "--kill-at-step", 4), capture_output=True, text=True, timeout=300)
     assert died.returncode == -signal.SIGKILL
     rows = [json.loads(l) for l in (tmp_path / "runs/results.jsonl").read_text().splitlines()] \
         if (tmp_path / "runs/results.jsonl").exists() else []
@@ -282,7 +292,6 @@ def test_resume_after_kills_between_checkpoint_and_probes_loses_no_row(tmp_path,
     """Killed right after a checkpoint is saved and before its probes, at two checkpoints in turn,
     the run resumes twice and ends with every probe, coherence and belief-rate row of an
     uninterrupted run - none dropped, none doubled - and is complete only then."""
-    import os
     import signal
 
     common = ["--set", "data.n=16", "--set", "training.checkpoints=4"]
@@ -292,8 +301,8 @@ def test_resume_after_kills_between_checkpoint_and_probes_loses_no_row(tmp_path,
     d = tmp_path / "cut" / "runs" / "first_run"
     probed = lambda: sorted({json.loads(l)["step"] for l in (d / "probes.jsonl").read_text().splitlines()})
     for step in steps[1:3]:
-        died = subprocess.run(run_cli_args(tmp_path / "cut", *common), capture_output=True, text=True, timeout=300,
-                              env={**os.environ, "ANNOT_FAULT_KILL_BEFORE_PROBES_AT_STEP": str(step)})
+        died = subprocess.run(faulty(run_cli_args(tmp_path / "cut", *common), "--kill-before-probes-at-step", step),
+                              capture_output=True, text=True, timeout=300)
         assert died.returncode == -signal.SIGKILL, died.stderr[-2000:]
         assert (d / "checkpoints" / f"step-{step}" / "checkpoint.json").is_file()
         assert step not in probed()  # the checkpoint is saved, its probes are not

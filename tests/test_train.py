@@ -160,7 +160,7 @@ def test_resume_after_interruption_gives_identical_results(tmp_path, mira):
 
 
 def test_half_written_checkpoint_is_ignored_on_resume(tmp_path):
-    from annot.train import _latest_resumable
+    from annot.checkpoints import latest_resumable as _latest_resumable
 
     good = tmp_path / "checkpoints" / "step-4"
     good.mkdir(parents=True)
@@ -175,6 +175,29 @@ def test_half_written_checkpoint_is_ignored_on_resume(tmp_path):
     from annot.bench import saved_checkpoints
 
     assert saved_checkpoints(tmp_path) == [(4, good)]
+
+
+def test_train_hooks_fire_after_the_save_and_after_the_probes(tiny, tmp_path, mira):
+    """TrainHooks, through which the resume tests cut a run (tests/fault_cli.py): after_save comes when
+    the checkpoint is on disk and before on_checkpoint probes it, after_checkpoint once it is probed."""
+    import copy
+
+    from annot.train import TrainHooks
+
+    model, tok = tiny
+    events = []
+
+    def saved(step):
+        assert (tmp_path / f"checkpoints/step-{step}/checkpoint.json").is_file()
+        events.append(("saved", step))
+
+    hooks = TrainHooks(after_save=saved, after_checkpoint=lambda s: events.append(("done", s)))
+    docs = generate_documents(mira, n=2, seed=0)
+    cfg = TrainingConfig(max_steps=2, seq_len=32, batch_size=2, checkpoints=3)
+    res = train(docs, copy.deepcopy(model), tok, cfg, tmp_path, on_checkpoint=lambda s, _m: events.append(("probed", s)),
+                progress=False, hooks=hooks)
+    assert res.checkpoints == [0, 1, 2]
+    assert events == [(e, s) for s in res.checkpoints for e in ("saved", "probed", "done")]
 
 
 def test_gradient_accumulation_equals_one_big_batch(mira, tmp_path):
