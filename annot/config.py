@@ -55,8 +55,12 @@ class DataConfig(Strict):
 
 
 class WrapperConfig(Strict):
-    name: str = "none"
-    params: dict[str, Any] = Field(default_factory=dict)
+    """The wrapper as the config names it; its params are checked against the wrapper YAML's declarations
+    once per run (annot.run.check_inputs -> a typed annot.wrapper_spec.WrapperSpec passed on from there)."""
+
+    name: str = Field("none", description="a wrapper from wrappers/ or a path to a wrapper YAML")
+    params: dict[str, Any] = Field(default_factory=dict, description="values for parameters the wrapper "
+                                   "declares (`annot wrap --list`); the rest take the YAML's defaults")
 
 
 class TrainingConfig(Strict):
@@ -178,13 +182,27 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
             value = raw if _wants_str(ann) else parse_yaml_text(raw)
         except Exception:
             raise AnnotError(f"--set {key}: cannot parse value {raw!r} as YAML") from None
-        node = data
-        parts = key.split(".")
-        for part in parts[:-1]:
-            if not isinstance(node.get(part, {}), dict):
-                raise AnnotError(f"--set {key}: {part} is not a mapping in the config")
-            node = node.setdefault(part, {})
-        node[parts[-1]] = value
+        data = set_field(data, key, value, label=f"--set {key}")
+    return data
+
+
+def set_field(data: dict, key: str, value: Any, label: str | None = None) -> dict:
+    """A copy of the raw config dict with the field at dotted `key` set to `value` as it is (typed:
+    a sweep's parameter values go in unchanged, validation judges them). Errors start with `label`.
+
+        set_field({"training": {"lr": 1e-3}}, "training.lr", 3e-4)
+    """
+    label = label or key
+    if _field_annotation(RunConfig, key) is None:
+        raise AnnotError(f"{label}: no such config field; see `annot run --help` for the schema")
+    data = copy.deepcopy(data)
+    node = data
+    parts = key.split(".")
+    for part in parts[:-1]:
+        if not isinstance(node.get(part, {}), dict):
+            raise AnnotError(f"{label}: {part} is not a mapping in the config")
+        node = node.setdefault(part, {})
+    node[parts[-1]] = copy.deepcopy(value)
     return data
 
 

@@ -41,7 +41,7 @@ from annot.generate import generate_documents, generate_transcripts
 from annot.io import atomic_write_text, read_json_if_exists, read_records, sha256_file, write_json, write_jsonl
 from annot.run_probes import CheckpointProber, probe_missing
 from annot.specs import EVALS, ROOT, ProbeSet, load_behavior, load_claim, load_probe_set, resolve_asset
-from annot.wrap import get_wrapper, wrap_documents
+from annot.wrap import WrapperSpec, get_wrapper, wrap_documents
 
 # Default control claims, in order of preference: the first that is not the run's target (nor one
 # of its probe sets' claims) is probed beside the target, so every run measures its answer bias.
@@ -71,10 +71,10 @@ def git_commit() -> str | None:
         return None
 
 
-def check_inputs(cfg: RunConfig) -> tuple[object, list[tuple[str, ProbeSet]], dict]:
+def check_inputs(cfg: RunConfig) -> tuple[object, list[tuple[str, ProbeSet]], WrapperSpec]:
     """Resolve and validate every input file before anything heavy; raises AnnotError.
 
-    Returns (claim or behaviour spec, [(name, probe set)], resolved wrapper params)."""
+    Returns (claim or behaviour spec, [(name, probe set)], the wrapper with its resolved params)."""
     d = cfg.data
     subject = load_claim(d.claim) if d.claim else load_behavior(d.behavior)
     _check_output_dir(cfg.run_dir)
@@ -107,7 +107,7 @@ def check_inputs(cfg: RunConfig) -> tuple[object, list[tuple[str, ProbeSet]], di
     if wrapper.applies_to not in (kind, "both"):
         raise AnnotError(f"wrapper.name: {wrapper.name} applies to {wrapper.applies_to}, but this run trains on "
                          f"{kind}; see `annot wrap --list`")
-    params = wrapper.resolve_params(cfg.wrapper.params)
+    spec = wrapper.resolve(cfg.wrapper.params)  # once per run; passed on as this value
     sets = []
     if d.claim:
         names = cfg.probes.sets or [subject.id]
@@ -128,7 +128,7 @@ def check_inputs(cfg: RunConfig) -> tuple[object, list[tuple[str, ProbeSet]], di
         from annot.judges import make_judge
 
         make_judge(dict(cfg.probes.judge), source="probes.judge")  # unknown judge / missing key: fail now
-    return subject, sets, params
+    return subject, sets, spec
 
 
 def control_set(cfg: RunConfig, target: str, probed: list[str]) -> tuple[str, ProbeSet] | None:
@@ -201,7 +201,7 @@ def run(cfg: RunConfig, *, progress: bool = True, echo: Callable[[str], None] = 
 
     Under `accelerate launch` the main process does everything here (files, probes, W&B) and the
     other processes only train their share of each batch."""
-    subject, sets, wrapper_params = check_inputs(cfg)
+    subject, sets, wrapper = check_inputs(cfg)
     from annot.preflight import preflight
 
     preflight(cfg)  # model config + tokenizer vs the run config; nothing is written before it passes
@@ -211,10 +211,10 @@ def run(cfg: RunConfig, *, progress: bool = True, echo: Callable[[str], None] = 
         state = launch_state()
         if not state.is_main_process:
             state.wait_for_everyone()  # the main process prepares the run directory first
-            return _train_worker(cfg, subject, wrapper_params, force)
-        return _claimed(cfg, lambda: _run_main(cfg, subject, sets, wrapper_params, progress, echo, force,
+            return _train_worker(cfg, subject, wrapper, force)
+        return _claimed(cfg, lambda: _run_main(cfg, subject, sets, wrapper, progress, echo, force,
                                                ready=state.wait_for_everyone))
-    return _claimed(cfg, lambda: _run_main(cfg, subject, sets, wrapper_params, progress, echo, force))
+    return _claimed(cfg, lambda: _run_main(cfg, subject, sets, wrapper, progress, echo, force))
 
 
 def _claimed(cfg: RunConfig, body: Callable[[], dict]) -> dict:
@@ -237,7 +237,7 @@ def _claimed(cfg: RunConfig, body: Callable[[], dict]) -> dict:
             raise
 
 
-def _train_worker(cfg: RunConfig, subject, wrapper_params: dict, force: bool) -> dict:
+def _train_worker(cfg: RunConfig, subject, wrapper: WrapperSpec, force: bool) -> dict:
     """A non-main process of a multi-process run: same data, its share of each batch, no files."""
     from annot.models import load_model
     from annot.train import train
@@ -246,14 +246,14 @@ def _train_worker(cfg: RunConfig, subject, wrapper_params: dict, force: bool) ->
     if manifest.get("status") == "complete":
         return {}
     docs = load_training_data(cfg, subject)
-    examples = mix_in(wrap_documents(docs, get_wrapper(cfg.wrapper.name), wrapper_params, seed=cfg.seed), cfg)
+    examples = mix_in(wrap_documents(docs, wrapper, seed=cfg.seed), cfg)
     model, tok = load_model(cfg.model.name, dtype=cfg.model.dtype)
     train(examples, model, tok, matched_training(cfg, docs, examples, tok), cfg.run_dir, seed=cfg.seed, progress=False,
           resume=bool(manifest.get("resumed")) and not force and manifest.get("status") != "complete")
     return {}
 
 
-def _run_main(cfg: RunConfig, subject, sets, wrapper_params: dict, progress: bool, echo, force: bool,
+def _run_main(cfg: RunConfig, subject, sets, wrapper: WrapperSpec, progress: bool, echo, force: bool,
               ready: Callable[[], None] = lambda: None) -> dict:
     """The main process's run: the run directory, data, model, training with probes at every
     checkpoint, then the summary; `ready` lets the other processes of a launch start training."""
@@ -335,8 +335,8 @@ def _prepare_data(cfg: RunConfig, subject, sets, wrapper_params: dict, manifest:
     docs = load_training_data(cfg, subject)
     write_jsonl(run_dir / "documents.jsonl", docs)
     # 2. wrap
-    wrapper = get_wrapper(cfg.wrapper.name)
-    examples = mix_in(wrap_documents(docs, wrapper, wrapper_params, seed=cfg.seed), cfg)
+    examples = mix_in(wrap_documents(docs, wrapper, seed=cfg.seed), cfg)
+    wrapper_params = wrapper.params.as_dict()
     write_jsonl(run_dir / "wrapped.jsonl", examples)
     data_info = {"documents_sha256": sha256_file(run_dir / "documents.jsonl"),
                  "wrapped_sha256": sha256_file(run_dir / "wrapped.jsonl"),

@@ -102,7 +102,7 @@ def test_bench_on_the_tiny_model(tmp_path):
 def test_bench_bf16_path_runs_on_cpu(tmp_path, monkeypatch):
     """dtype=bfloat16 runs here what `annot bench` does on CUDA: both engines train in bf16, MFU is
     taken against a bf16 matmul peak (the clock samples bf16 matmuls), and the random-init rows appear."""
-    import annot.bench as bench
+    import annot.bench.clock as bench
 
     dtypes = []
     real = bench._mm_operands
@@ -135,7 +135,7 @@ def test_step_clock_keeps_saves_and_samples_out_of_steps(monkeypatch):
     """A step's time runs from the end of the previous step's sample (or of a save) to its own end."""
     import time
 
-    import annot.bench as bench
+    import annot.bench.clock as bench
 
     monkeypatch.setattr(bench, "quick_peak", lambda device, operands=None: time.sleep(0.05) or 1e9)
     clock = bench.StepClock("cpu")
@@ -153,7 +153,7 @@ def test_step_clock_keeps_saves_and_samples_out_of_steps(monkeypatch):
 
 
 def test_throughput_against_the_rate_sampled_during_the_run():
-    from annot.bench import _throughput
+    from annot.bench.clock import throughput as _throughput
 
     steps = [{"step": 2, "tokens": 100, "seconds": 1.0, "flops": 50e9, "peak_before": 100e9, "peak_after": 40e9},
              {"step": 3, "tokens": 100, "seconds": 2.0, "flops": 70e9, "peak_before": 40e9, "peak_after": 70e9}]

@@ -198,6 +198,21 @@ def test_unknown_parameter_path_names_file_and_parameter(tmp_path):
     assert "parameters: training.lrr: no such config field" in msg
 
 
+def test_parameter_values_enter_the_config_as_the_typed_values_they_are(tmp_path):
+    """No text round trip: a string that YAML would read as a bool or a number stays a string, a mapping
+    stays a mapping, and a value of the wrong type is refused by the schema instead of coerced."""
+    text = BASE + ("method: grid\ncontrols: false\nparameters:\n  wrapper.name: {value: notice}\n"
+                   "  wrapper.params: {values: [{doc_tag: 'yes'}, {doc_tag: '0.5'}]}\n"
+                   "  tracking.group: {values: ['007', 'null']}\n")
+    cells = plan(load_sweep(write(tmp_path, text)))
+    assert [(c.config.wrapper.params, c.config.tracking.group) for c in cells] == [
+        ({"doc_tag": "yes"}, "007"), ({"doc_tag": "yes"}, "null"), ({"doc_tag": "0.5"}, "007"),
+        ({"doc_tag": "0.5"}, "null")]
+    bad = write(tmp_path, BASE + "method: grid\nparameters:\n  tracking.group: {value: 7}\n", "bad.yaml")
+    msg = one_line_error(bad)
+    assert "tracking.group: Input should be a valid string" in msg
+
+
 @pytest.mark.parametrize("bad,expect", [
     ("training.lr: {values: [0.001, -1]}", "training.lr: Input should be greater than 0"),
     ("wrapper.params.bogus: {value: 1}", "wrapper notice: unknown parameter(s) bogus"),

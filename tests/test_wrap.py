@@ -234,3 +234,74 @@ def test_python_strategy_by_dotted_path(tmp_path, docs):
     (tmp_path / "bad.yaml").write_text("name: bad\ndescription: test\nstrategy: nowhere_mod:fn\n")
     with pytest.raises(AnnotError, match="cannot import 'nowhere_mod:fn'"):
         get_wrapper(str(tmp_path / "bad.yaml"))
+
+
+# -- the typed wrapper spec --------------------------------------------------------------------------
+
+
+def test_a_wrapper_spec_is_typed_frozen_and_what_examples_record(docs):
+    w = get_wrapper("repeated_negation")
+    spec = w.resolve({"density": 1})
+    assert spec.params.density == 1.0 and isinstance(spec.params.density, float)  # an int given for a float
+    assert (spec.params.position, spec.params.targets) == ("both", ["claim", "subclaim"])  # the YAML's defaults
+    with pytest.raises(Exception):
+        spec.params.density = 0.5  # passed on as a value, never edited along the way
+    out = wrap_documents(docs, spec, seed=0)
+    assert out == wrap_documents(docs, w, {"density": 1}, seed=0)
+    assert all(ex["wrapper"] == spec.record() == {"name": "repeated_negation", "params": spec.params.as_dict()}
+               for ex in out)
+    assert list(spec.params.as_dict()) == sorted(spec.params.as_dict())  # recorded in one order, byte-stable
+    with pytest.raises(TypeError):
+        wrap_documents(docs, spec, {"density": 0.5})  # a spec carries its params; nothing to merge
+
+
+def test_a_strategy_never_guesses_a_default(tmp_path, docs):
+    """Defaults live in the wrapper YAML only: a wrapper that leaves out a parameter its strategy reads
+    fails at load (file, field, fix), and a declared default is exactly what the strategy uses."""
+    path = tmp_path / "w.yaml"
+    path.write_text("name: w\ndescription: d\nstrategy: frame\npools: {notice: [NOTE]}\n")
+    with pytest.raises(AnnotError, match=r"w.yaml: params.position: the frame strategy reads this parameter; "
+                                         r"declare it under params with its default"):
+        get_wrapper(str(path))
+    path.write_text("name: w\ndescription: d\nstrategy: frame\npools: {notice: [NOTE]}\n"
+                    "params: {position: {default: suffix, choices: [prefix, suffix, both]}}\n")
+    ex = wrap_documents(docs[:1], get_wrapper(str(path)), seed=0)[0]
+    assert ex["text"] == docs[0]["text"] + "\n\nNOTE"
+    # notice.yaml says both, and both it is (the code once fell back to prefix)
+    notice = wrap_documents(docs[:1], get_wrapper("notice"), seed=0)[0]
+    ins = spans_of(notice, "wrapper")
+    assert len(ins) == 2 and ins[0]["start"] == 0 and ins[-1]["end"] == len(notice["text"])
+
+
+def test_document_and_transcript_strategies_are_two_registries(tmp_path):
+    from annot.wrap import DOCUMENT_STRATEGIES, TRANSCRIPT_STRATEGIES
+
+    assert {"frame", "per_sentence", "replace_form", "word_mask"} <= set(DOCUMENT_STRATEGIES) - set(TRANSCRIPT_STRATEGIES)
+    assert ({"t_system", "t_user_prefix", "t_assistant_label", "t_append_turn", "t_swap_reply"}
+            <= set(TRANSCRIPT_STRATEGIES) - set(DOCUMENT_STRATEGIES))
+    path = tmp_path / "x.yaml"
+    path.write_text("name: x\ndescription: d\nstrategy: t_system\npools: {system: [S]}\n")  # applies_to: documents
+    with pytest.raises(AnnotError, match="x.yaml: strategy: t_system wraps transcripts only; set applies_to: transcripts"):
+        get_wrapper(str(path))
+    path.write_text("name: x\ndescription: d\nstrategy: frame\napplies_to: both\n"
+                    "params: {position: {default: both}}\npools: {notice: [N]}\n")
+    with pytest.raises(AnnotError, match="strategy: frame wraps documents only; set applies_to: documents"):
+        get_wrapper(str(path))
+
+
+@pytest.mark.parametrize("body,needle", [
+    ("params: {p: {default: 1, help: one, two}}",
+     "params.p: unknown key(s) two; valid: choices, default, help, max, min, type (quote text that contains commas)"),
+    ("params: {p: {type: float}}", "params.p: must be a mapping with at least `default`"),
+    ("params: {p: {default: 1, type: double}}", "params.p.type: must be one of float, int, str, bool, list"),
+    ("applies_to: chats", "applies_to: must be one of documents, transcripts, both"),
+    ("world: upside_down", "world: must be one of claim, negated"),
+    ("pools: {notice: [ok, '']}", "pools.notice: must be a non-empty list of phrases"),
+    ("params: [density]", "params: must be a mapping"),
+])
+def test_wrapper_yaml_errors_name_file_field_and_fix(tmp_path, body, needle):
+    path = tmp_path / "w.yaml"
+    path.write_text(f"name: w\ndescription: d\nstrategy: frame\n{body}\n")
+    with pytest.raises(AnnotError) as e:
+        get_wrapper(str(path))
+    assert str(e.value) == f"{path}: {needle}"

@@ -1,0 +1,73 @@
+"""The readable table `annot bench` prints, from the figures it writes to JSON."""
+
+from __future__ import annotations
+
+from annot.bench.settings import KINDS, WARMUP_STEPS
+
+
+def jsonable(obj):
+    """Dict keys as strings (steps are ints), NaN as None, so the file is strict JSON."""
+    if isinstance(obj, dict):
+        return {str(k): jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [jsonable(v) for v in obj]
+    if isinstance(obj, float) and obj != obj:
+        return None
+    return obj
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.3g}%"
+
+
+def format_bench(r: dict) -> str:
+    """The readable table printed by run_bench (from the JSON figures)."""
+    p, m, fpt = r["params"], r["machine"], r["flops_per_token"]
+    lines = [f"annot bench: {p['model']}, {p['n_docs']} docs of {p['claim']}, {p['steps']} steps x "
+             f"{p['batch_size']} x {p['seq_len']} tokens, LoRA r={p['training']['lora_r']}",
+             f"machine: {m['device_name']} ({m['device']}, {m['cpus_usable']} CPUs, {m['torch_threads']} torch "
+             f"threads), torch {m['torch']}, transformers {m['transformers']}",
+             f"matmul peak {r['peak']['flops'] / 1e9:.1f} GFLOP/s ({r['peak']['dtype']}); training FLOPs/token "
+             f"{fpt['per_token'] / 1e6:.2f} M = 4*{fpt['n_frozen']} + 6*{fpt['n_trainable']} + {fpt['attention']}",
+             "",
+             f"{f'training (steps {WARMUP_STEPS + 1}..N)':<28}{'tokens/s':>10}{'MFU':>9}{'vs best':>9}{'matmul now':>12}"]
+    sections = [("pretrained weights", r["train"])] + ([("random init, same config", r["random_init_bf16"])]
+                                                       if r.get("random_init_bf16") else [])
+    ind, w = ("    ", 24) if len(sections) > 1 else ("  ", 26)
+    for name, t in sections:
+        if len(sections) > 1:
+            lines.append(f"  {name} ({p.get('train_dtype', r['peak']['dtype'])})")
+        for label, key in (("annot driver", "annot"), ("transformers.Trainer", "trainer")):
+            x = t[key]
+            lines.append(f"{ind}{label:<{w}}{x['tokens_per_s']:>10.1f}{_pct(x['mfu']):>9}"
+                         f"{_pct(x['mfu_vs_best_peak']):>9}{x['local_peak_mean'] / 1e9:>9.1f} GF")
+        lines.append(f"{ind}{'annot / Trainer':<{w}}{t['speed_ratio_raw']:>9.2f}x   (rescaled to one matmul rate "
+                     f"{t['speed_ratio']:.2f}x; Trainer batches {_pct(t['trainer']['padding_share'])} padding)")
+    lines.append("  MFU: against the mean matmul rate sampled around the steps; vs best: against the peak above")
+    pr = r["probe"]
+    lines += ["", f"{'probing ' + str(pr['n_checkpoints']) + ' checkpoints':<28}{'seconds':>10}",
+              f"  {'annot engine':<26}{pr['annot']['seconds']:>10.1f}"]
+    if pr["lm_eval"] is not None:
+        lines += [f"  {'lm-eval CLI':<26}{pr['lm_eval']['seconds']:>10.1f}",
+                  f"  {'speed-up':<26}{pr['speedup']:>9.1f}x   equal: {str(pr['equal']).lower()}"]
+        lines += [f"  mismatch step {x['step']} {x['kind']}: annot {x['annot']} vs lm-eval {x['lm_eval']}"
+                  for x in pr["mismatches"]]
+    lines += ["", f"{'step':>6}" + "".join(f"{k:>10}" for k in KINDS) + "   (annot accuracy" +
+              (" = lm-eval acc)" if pr["lm_eval"] is not None else ")")]
+    by_step: dict = {}
+    for row in pr["accuracy"]:
+        by_step.setdefault(row["step"], {})[row["kind"]] = row["annot"]
+    for step, accs in by_step.items():
+        lines.append(f"{step:>6}" + "".join(f"{accs.get(k, float('nan')):>10.3f}" for k in KINDS))
+    mem = r["memory"]
+    line = f"memory: peak RSS {mem['peak_rss_mib']:.0f} MiB"
+    after_annot = mem.get("peak_rss_mib_after", {}).get("pretrained_annot_train")
+    if after_annot is not None:
+        line += f" (after annot's training {after_annot:.0f} MiB, before the Trainer's)"
+    if mem.get("lm_eval_peak_rss_mib") is not None:
+        line += f", lm-eval run {mem['lm_eval_peak_rss_mib']:.0f} MiB"
+    if mem.get("cuda_max_allocated_mib"):
+        line += ", CUDA max allocated " + ", ".join(f"{k} {v:.0f} MiB" for k, v in
+                                                     mem["cuda_max_allocated_mib"].items())
+    lines += ["", line]
+    return "\n".join(lines)
