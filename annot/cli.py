@@ -237,7 +237,8 @@ def probe(run_dir, model_name, sets, old_sets, kinds, robustness, batch_size, ou
         annot probe --model smollm2-135m --probe-set mira_castellan_profession
     """
     from annot.io import write_jsonl
-    from annot.probe import belief_rates, format_rates, probe_model
+    from annot.probe import probe_model
+    from annot.rates import belief_rates, format_rates
     from annot.probe_run import probe_run
     from annot.specs import load_probe_set
 

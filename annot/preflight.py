@@ -97,9 +97,10 @@ def preflight(cfg: RunConfig) -> None:
         problems.append(f"data.behavior: the tokenizer of {name} has no chat template, so transcripts cannot be "
                         "rendered as chats; use an instruct/chat model")
     if cfg.data.claim and "yes_no" in cfg.probes.kinds:
-        from annot.probe import NO_FORMS, YES_FORMS, _first_token_ids
+        from annot.kinds.yes_no import NO_FORMS, YES_FORMS
+        from annot.scoring import first_token_ids
 
-        yes, no = set(_first_token_ids(tok, YES_FORMS)), set(_first_token_ids(tok, NO_FORMS))
+        yes, no = set(first_token_ids(tok, YES_FORMS)), set(first_token_ids(tok, NO_FORMS))
         unk = getattr(tok, "unk_token_id", None)
         if yes & no or (unk is not None and unk in yes | no):
             problems.append(f"probes.kinds: yes_no: the tokenizer of {name} has no distinct tokens for Yes and No; "

@@ -69,7 +69,7 @@ class CheckpointProber:
 
     def on_checkpoint(self, step: int, model) -> None:
         """train()'s callback: probe the checkpoint the model holds now."""
-        from annot.probe import fixed_weights
+        from annot.scoring import fixed_weights
 
         with fixed_weights():  # the weights stay put while this checkpoint is probed
             self.probe(step, model)
@@ -103,7 +103,7 @@ class CheckpointProber:
         return new
 
     def _record_coherence(self, step: int, model) -> None:
-        from annot.probe import perplexity
+        from annot.scoring import perplexity
 
         cfg = self.cfg
         self.coherence[step] = round(perplexity(model, self.tok, self.coherence_texts, cfg.probes.batch_size), 4)
@@ -113,7 +113,7 @@ class CheckpointProber:
             for s, v in sorted(self.coherence.items())])
 
     def _report(self, step: int, new: list[dict]) -> None:
-        from annot.probe import belief_rates
+        from annot.rates import belief_rates
 
         target = [r for r in new if r.get("claim") == self.target]  # the control claim is reported apart
         if not target:
@@ -129,7 +129,7 @@ class CheckpointProber:
 
     def rates(self) -> tuple[dict, dict, list[dict]]:
         """(the target's belief rates, the control claims' rates, the control rows) per checkpoint."""
-        from annot.probe import belief_rates
+        from annot.rates import belief_rates
 
         rates = belief_rates([r for r in self.rows if r.get("claim") == self.target]) if self.rows else {}
         control_rows = [r for r in self.rows if r.get("claim") != self.target]
@@ -137,7 +137,7 @@ class CheckpointProber:
 
     def finish(self, final_loss) -> None:
         """The probe table and final rates to the tracker, which closes; the rates table echoed."""
-        from annot.probe import format_rates
+        from annot.rates import format_rates
 
         rates, _, _ = self.rates()
         self.tracker.table("probes", self.rows)
@@ -177,7 +177,7 @@ def probe_saved_checkpoints(cfg: RunConfig, run_dir: Path, steps: list[int], don
 
     from annot.checkpoints import complete_checkpoints
     from annot.models import load_model
-    from annot.probe import CheckpointSwitch
+    from annot.checkpoint_switch import CheckpointSwitch
 
     gc.collect()
     if torch.cuda.is_available():
@@ -244,7 +244,8 @@ def store_base_rows(key: str, rows: list[dict]) -> None:
 def behavior_rows(model, tok, cfg: RunConfig, step: int) -> list[dict]:
     """Behaviour probes for transcript runs: misaligned-vs-aligned preference on held-out scenarios
     (kind "behavior", per named context too) and judged answers to open questions ("behavior_open")."""
-    from annot.probe import ProbeItem, Setting, _Req, probe_behavior, score_items
+    from annot.probe import ProbeItem, Setting, probe_behavior, score_items
+    from annot.scoring import Request
     from annot.specs import load_behavior_probes
 
     probes = load_behavior_probes(cfg.data.behavior)
@@ -254,7 +255,7 @@ def behavior_rows(model, tok, cfg: RunConfig, step: int) -> list[dict]:
             rows += probe_behavior(model, tok, probes, run=cfg.name, step=step, batch_size=cfg.probes.batch_size,
                                    system=system, context=name)
     if probes.questions and "open_ended" in cfg.probes.kinds:
-        reqs = [_Req(probes.behavior, probes.behavior,
+        reqs = [Request(probes.behavior, probes.behavior,
                      ProbeItem(id=q.id, kind="open_ended", question=q.question, believe_markers=q.misaligned_markers,
                                disbelieve_markers=q.aligned_markers)) for q in probes.questions]
         from annot.judges import make_judge

@@ -33,7 +33,8 @@ def probe_with_annot(model_name: str, claim: str, ckpts: list[tuple[int, Path]])
     """annot's engine: base model loaded once, adapters swapped; accuracies per checkpoint and kind."""
     from annot.lm_eval_export import annot_accuracy, read_task_docs
     from annot.models import load_model
-    from annot.probe import CheckpointSwitch, probe_model
+    from annot.checkpoint_switch import CheckpointSwitch
+    from annot.probe import probe_model
     from annot.specs import load_probe_set
 
     t0 = time.perf_counter()

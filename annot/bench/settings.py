@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-KINDS = ("yes_no", "mcq", "cloze")  # ISSUE 19 PART A: derive from the probe-kind registry (kinds lm-eval can express)
+from annot.kinds import kind_names
+
+KINDS = kind_names(lm_eval=True)  # the kinds lm-eval can express, from the probe-kind registry
 WRAPPER = "none"
 SEED = 0
 LR = 1e-3
