@@ -265,7 +265,7 @@ def _run_main(cfg: RunConfig, subject, sets, wrapper: WrapperSpec, progress: boo
     if opened is None:  # already complete
         return read_json_if_exists(cfg.run_dir / "summary.json") or {}
     manifest, resume = opened
-    docs, examples, wrapper = _prepare_data(cfg, subject, sets, wrapper_params, manifest, resume, echo)
+    docs, examples = _prepare_data(cfg, subject, sets, wrapper, manifest, resume, echo)
     # 3. model
     model, tok = load_model(cfg.model.name, dtype=cfg.model.dtype)
     manifest["model"] = model_fingerprint(cfg.model.name)
@@ -282,7 +282,7 @@ def _run_main(cfg: RunConfig, subject, sets, wrapper: WrapperSpec, progress: boo
     del model  # the probes still missing load the base model afresh
     # 5. probes a sharded run (FSDP) or an interruption left for after training, then the summary
     probe_missing(cfg, result.checkpoints, prober)
-    summary = run_summary(cfg, wrapper.name, wrapper_params, result, training, prober)
+    summary = run_summary(cfg, wrapper.name, wrapper.params.as_dict(), result, training, prober)
     write_json(cfg.run_dir / "summary.json", summary)
     prober.finish(summary["final_loss"])
     manifest.update(status="complete", finished=_now())
@@ -326,9 +326,9 @@ def _open_run_dir(cfg: RunConfig, echo, force: bool, ready: Callable[[], None]) 
     return manifest, resume
 
 
-def _prepare_data(cfg: RunConfig, subject, sets, wrapper_params: dict, manifest: dict, resume: bool,
-                  echo) -> tuple[list[dict], list[dict], object]:
-    """(documents, training examples, wrapper), written to the run directory and hashed into the
+def _prepare_data(cfg: RunConfig, subject, sets, wrapper: WrapperSpec, manifest: dict, resume: bool,
+                  echo) -> tuple[list[dict], list[dict]]:
+    """(documents, training examples), written to the run directory and hashed into the
     manifest; regenerated on resume (deterministic) and checked against the recorded hash."""
     run_dir = cfg.run_dir
     # 1. data
@@ -351,7 +351,7 @@ def _prepare_data(cfg: RunConfig, subject, sets, wrapper_params: dict, manifest:
     write_json(run_dir / "manifest.json", manifest)
     echo(f"{run_dir}: {len(docs)} {'documents' if cfg.data.claim else 'transcripts'} of {subject.id}, "
          f"wrapper {wrapper.name} {wrapper_params}" + (" (resuming)" if resume else ""))
-    return docs, examples, wrapper
+    return docs, examples
 
 
 def run_summary(cfg: RunConfig, wrapper_name: str, wrapper_params: dict, result, training,
