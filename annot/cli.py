@@ -249,19 +249,20 @@ def probe(run_dir, model_name, sets, old_sets, kinds, robustness, batch_size, ou
         raise AnnotError("probe: give either RUN_DIR or --model (not both)")
     if run_dir:
         rows = probe_run(run_dir, sets=list(sets) or None, kinds=list(kinds) or None, batch_size=batch_size,
-                         robustness=robustness)
+                         robustness=robustness, progress=True)
     else:
         if not sets:
             raise AnnotError("probe: --model needs at least one --probe-set (e.g. --probe-set mira_castellan_profession)")
         from annot.models import load_model
 
         loaded = [load_probe_set(s) for s in sets]
+        click.echo(f"loading {model_name} (a GGUF model is converted once, then read from the cache)", err=True)
         model, tok = load_model(model_name)
         from annot.probe import settings_for
 
         rows = probe_model(model, tok, loaded, run=model_name, step=0, kinds=list(kinds) or None,
                            batch_size=batch_size, set_names=list(sets),
-                           settings=settings_for(loaded, robustness=robustness))
+                           settings=settings_for(loaded, robustness=robustness), progress=True)
     if out:
         write_jsonl(out, rows)
     click.echo(format_rates(belief_rates(rows)))
@@ -333,8 +334,9 @@ def distill(out, model_name, prompts, max_new_tokens, limit):
 @click.option("--project", default=None, help="W&B project (wandb backend)")
 @click.option("--sweep-id", default=None, help="join an existing W&B sweep (wandb backend)")
 @click.option("--no-report", is_flag=True, help="skip the analysis/plots/report at the end")
+@click.option("--no-progress", is_flag=True, help="no progress inside runs (a bar on a terminal, else a line every 30 s)")
 @friendly
-def sweep(sweep_file, backend, dry_run, count, project, sweep_id, no_report):
+def sweep(sweep_file, backend, dry_run, count, project, sweep_id, no_report, no_progress):
     """Run a sweep file (W&B sweep format); resumable: finished runs are skipped."""
     from annot.sweep import load_sweep, plan, run_sweep, run_wandb
 
@@ -350,7 +352,7 @@ def sweep(sweep_file, backend, dry_run, count, project, sweep_id, no_report):
         return
     from annot.run import is_main_process, run
 
-    run_sweep(sw, run_fn=lambda cfg: run(cfg, progress=False, echo=click.echo), echo=click.echo, count=count)
+    run_sweep(sw, run_fn=lambda cfg: run(cfg, progress=not no_progress, echo=click.echo), echo=click.echo, count=count)
     if not no_report and is_main_process():
         from annot.report import build_report
 

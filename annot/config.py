@@ -70,6 +70,10 @@ class TrainingConfig(Strict):
     batch_size: int = Field(4, ge=1, le=4096)
     grad_accum: int = Field(1, ge=1, le=1024)
     seq_len: int = Field(256, ge=16, le=131072)
+    micro_batch_tokens: int | None = Field(
+        256, ge=16, description="run forward and backward on at most this many tokens at a time (whole rows "
+        "of seq_len, at least one): a step's memory is mostly activations, and this bounds them; the step's "
+        "gradient is the same sum, normalised over the whole batch. null: the whole batch at once")
     lr: float = Field(1e-3, gt=0, le=1.0)
     weight_decay: float = Field(0.0, ge=0, le=1.0)
     warmup_steps: int = Field(0, ge=0)

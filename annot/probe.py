@@ -103,15 +103,21 @@ def _judged_claims(reqs: list[Request]) -> dict:
 
 def probe_model(model, tokenizer, sets: list[ProbeSet], *, run: str, step: int,
                 kinds: list[str] | None = None, batch_size: int = 16, set_names: list[str] | None = None,
-                settings: list[Setting] | None = None, opts=None, judge=None, seed: int = 0) -> list[dict]:
-    """Probe one model state under each setting; rows carry run, checkpoint and step."""
+                settings: list[Setting] | None = None, opts=None, judge=None, seed: int = 0,
+                progress: bool = False) -> list[dict]:
+    """Probe one model state under each setting; rows carry run, checkpoint and step. `progress`:
+    items done / total after each setting (annot.progress)."""
+    from annot.progress import Progress
+
     reqs = [Request(name, s.claim, it) for name, s in zip(set_names or [s.claim for s in sets], sets)
             for it in s.items if kinds is None or it.kind in kinds]
     claims = _judged_claims(reqs)
     rows = []
-    with eval_mode(model):
-        for setting in settings or [Setting()]:
+    settings = settings or [Setting()]
+    with eval_mode(model), Progress(len(reqs) * len(settings), f"probe step {step}", "item", enabled=progress) as bar:
+        for setting in settings:
             rows += score_items(model, tokenizer, reqs, batch_size, setting, opts, judge, claims, seed)
+            bar.update(len(reqs), setting=setting.name or "default")
     return [{"run": run, "checkpoint": f"step-{step}", "step": step, **r} for r in rows]
 
 

@@ -17,7 +17,7 @@ from annot.probe import probe_model, settings_for
 
 
 def probe_run(run_dir, sets: list[str] | None = None, kinds: list[str] | None = None, batch_size: int = 16,
-              robustness: bool = False) -> list[dict]:
+              robustness: bool = False, progress: bool = False) -> list[dict]:
     """Probe every saved checkpoint of a run: the base model is loaded once and adapters swapped."""
     from annot.config import config_from_dict
     from annot.errors import AnnotError
@@ -49,6 +49,7 @@ def probe_run(run_dir, sets: list[str] | None = None, kinds: list[str] | None = 
             rows += probe_model(m, tok, loaded, run=cfg.name, step=step, kinds=kinds or list(cfg.probes.kinds),
                                 batch_size=batch_size, set_names=names, opts=cfg.probes.open_ended,
                                 seed=cfg.seed, settings=settings_for(loaded, contexts=cfg.probes.contexts,
-                                                                     robustness=robustness or cfg.probes.robustness))
+                                                                     robustness=robustness or cfg.probes.robustness),
+                                progress=progress)
     return rows
 

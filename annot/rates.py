@@ -35,18 +35,25 @@ def belief_rates(rows: list[dict]) -> dict[int, dict[str, float]]:
 
 
 def format_rates(rates: dict[int, dict[str, float]]) -> str:
-    """The rates as a fixed-width table: one line per step, kinds (default context first), then measures."""
-    measures = [m for m in MEASURE_ORDER if any(m in r for r in rates.values())]
-    kinds = sorted({k for r in rates.values() for k in r if k not in (*MEASURE_ORDER, "n")},
-                   key=lambda k: ("@" in k, k))
-    width = max([7, *map(len, kinds)])
-    cols = kinds + measures
-    head = f"{'step':>6}  " + "  ".join(f"{k:>{max(width, len(k))}}" for k in cols) + f"  {'n':>4}"
-    lines = [head]
-    for step, r in rates.items():
-        lines.append(f"{step:>6}  " + "  ".join(f"{r.get(k, float('nan')):>{max(width, len(k))}.3f}" for k in cols)
-                     + f"  {r['n']:>4}")
-    return "\n".join(lines)
+    """The rates as a table that fits 100 columns: one row per step and probe context, the kinds,
+    then the measures (annot.console.rates_table)."""
+    from annot.console import rates_table
+
+    return rates_table(rates)
+
+
+def step_line(step: int, rate: dict[str, float]) -> str:
+    """One checkpoint's default-context rates on one short line, each measure with its kinds:
+    'step 2: belief 0.348 (yes_no 0.500, mcq 0.111); association 0.273 (cloze 0.273)'."""
+    from annot.kinds import measure_of
+
+    parts = []
+    for m in MEASURE_ORDER:
+        if m not in rate:
+            continue
+        kinds = [k for k in rate if k not in (*MEASURE_ORDER, "n") and "@" not in k and measure_of(k) == m]
+        parts.append(f"{m} {rate[m]:.3f}" + (f" ({', '.join(f'{k} {rate[k]:.3f}' for k in kinds)})" if kinds else ""))
+    return f"step {step}: " + "; ".join(parts)
 
 
 def gap_table(rates: dict[str, float]) -> dict[str, float]:

@@ -120,7 +120,9 @@ class CheckpointProber:
             return
         rate = belief_rates(target)[step]
         self.tracker.log({f"belief/{k}": v for k, v in rate.items() if k != "n"}, step=step)
-        self.echo(f"  step {step}: rate " + ", ".join(f"{k} {v:.3f}" for k, v in rate.items() if k != "n"))
+        from annot.rates import step_line
+
+        self.echo("  " + step_line(step, rate))
 
     def log_training(self, row: dict) -> None:
         """train()'s `log`: one metrics row per optimizer step to the tracker."""

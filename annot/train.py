@@ -238,8 +238,19 @@ def resume_from(found: tuple[int, Path], model, opt, cfg: TrainingConfig, launch
     return Counters(step, state["tokens_seen"], state.get("tokens_loss", 0)), state
 
 
-def micro_batch_loss(model, packed: Packed, idx: torch.Tensor, launch: Launch) -> torch.Tensor:
-    """sum(w * ce) over this process's rows of micro-batch `idx` (all of them with one process)."""
+def row_chunks(rows: torch.Tensor, seq_len: int, micro_batch_tokens: int | None) -> list[torch.Tensor]:
+    """`rows` in pieces of at most `micro_batch_tokens` tokens (whole rows, at least one per piece)."""
+    if not micro_batch_tokens:
+        return [rows]
+    per = max(1, micro_batch_tokens // seq_len)
+    return [rows[i:i + per] for i in range(0, rows.numel(), per)]
+
+
+def micro_batch_backward(model, packed: Packed, idx: torch.Tensor, launch: Launch, denom: float,
+                         micro_batch_tokens: int | None) -> float:
+    """Backward of sum(w * ce) / denom over this process's rows of micro-batch `idx` (all of them
+    with one process), a few rows at a time (see TrainingConfig.micro_batch_tokens, which bounds the
+    activations alive at once); returns sum(w * ce)."""
     mine = idx[launch.rank::launch.world]
     weights = packed.weights[mine]
     short = -(-idx.numel() // launch.world) - mine.numel()
@@ -247,10 +258,17 @@ def micro_batch_loss(model, packed: Packed, idx: torch.Tensor, launch: Launch) -
         mine = torch.cat([mine, idx[:short]])
         weights = torch.cat([weights, torch.zeros_like(packed.weights[idx[:short]])])
     device = launch.accelerator.device
-    batch = {k: getattr(packed, k)[mine].to(device) for k in ("input_ids", "position_ids")}
-    logits = model(**batch, use_cache=False).logits  # [rows, seq_len, vocab]
-    s, _ = weighted_ce(logits, packed.labels[mine].to(device), weights.to(device))
-    return s
+    total = 0.0
+    for rows in row_chunks(torch.arange(mine.numel()), packed.input_ids.size(1), micro_batch_tokens):
+        sel = mine[rows]
+        batch = {k: getattr(packed, k)[sel].to(device) for k in ("input_ids", "position_ids")}
+        logits = model(**batch, use_cache=False).logits  # [rows, seq_len, vocab]
+        s, _ = weighted_ce(logits, packed.labels[sel].to(device), weights[rows].to(device))
+        del logits
+        # x world: DDP averages gradients over processes, and each holds only its share of the sum
+        launch.accelerator.backward(s / max(denom, 1.0) * launch.world)
+        total += float(s.detach())
+    return total
 
 
 def optimizer_step(model, opt, params: list, packed: Packed, micro: list[torch.Tensor], cfg: TrainingConfig,
@@ -263,10 +281,7 @@ def optimizer_step(model, opt, params: list, packed: Packed, micro: list[torch.T
     for idx in micro:
         counters.tokens_seen += int(idx.numel() * cfg.seq_len)
         counters.tokens_loss += int((packed.weights[idx] > 0).sum())
-        s = micro_batch_loss(model, packed, idx, launch)
-        # x world: DDP averages gradients over processes, and each holds only its share of the sum
-        acc.backward(s / max(denom, 1.0) * world)
-        loss_sum += float(s.detach())
+        loss_sum += micro_batch_backward(model, packed, idx, launch, denom, cfg.micro_batch_tokens)
     if world > 1:
         loss_sum = float(acc.reduce(torch.tensor(loss_sum, device=acc.device), reduction="sum"))
     acc.clip_grad_norm_(params, cfg.max_grad_norm)
@@ -289,9 +304,8 @@ def train(examples: list[dict], model, tokenizer, cfg: TrainingConfig, out_dir: 
     not called (see Checkpointer); the result says probe_after, and the caller probes the saved
     checkpoints once training is done.
     """
-    from tqdm.auto import tqdm
-
     from annot.allocator import tune_allocator
+    from annot.progress import Progress
 
     # -- setup: data, launch, model and optimizer, where to start
     tune_allocator()  # idempotent; keeps step-to-step allocations from page-faulting again
@@ -321,7 +335,7 @@ def train(examples: list[dict], model, tokenizer, cfg: TrainingConfig, out_dir: 
         checkpointer.save(0, model, opt, counters)
 
     # -- loop: one optimizer step per iteration, then its metrics row, then a checkpoint if scheduled
-    bar = tqdm(total=total, initial=counters.step, desc="train", unit="step", disable=not progress, dynamic_ncols=True)
+    bar = Progress(total, "train", "step", initial=counters.step, enabled=progress and launch.main)
     with _metrics_file(metrics_path, append=bool(found), main=launch.main) as metrics, bar:
         for step in range(counters.step + 1, total + 1):
             model.train()
@@ -341,8 +355,7 @@ def train(examples: list[dict], model, tokenizer, cfg: TrainingConfig, out_dir: 
             metrics.flush()
             if log:
                 log(row)
-            bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{row['tokens_per_s']:.0f}")
-            bar.update(1)
+            bar.update(1, loss=f"{loss:.3f}", tok_s=f"{row['tokens_per_s']:.0f}")
             if step in ckpts:
                 checkpointer.save(step, model, opt, counters)
     return TrainResult(total, ckpts, counters.tokens_seen, loss, time.time() - t0, processes=launch.world,

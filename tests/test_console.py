@@ -37,3 +37,11 @@ def test_columns_past_the_width_are_named_not_cut():
     text = rates_table(_rates(), max_width=50)
     assert all(len(ln) <= 50 for ln in text.splitlines()[:-1])
     assert text.splitlines()[-1].startswith("(not shown for width:")
+
+
+def test_step_line_groups_kinds_under_their_measure():
+    from annot.rates import step_line
+
+    r = {"yes_no": 0.5, "mcq": 0.111, "cloze": 0.273, "belief": 0.348, "association": 0.273, "n": 34,
+         "yes_no@adversarial": 0.2}
+    assert step_line(2, r) == "step 2: belief 0.348 (yes_no 0.500, mcq 0.111); association 0.273 (cloze 0.273)"
