@@ -164,3 +164,26 @@ def test_throughput_against_the_rate_sampled_during_the_run():
     assert x["tokens_per_s"] == pytest.approx(200 / 3)
     assert x["tokens_per_s_normalised"] == pytest.approx(200 / 3 * 100 / 70)  # as if the machine ran at 100
     assert x["flops_per_token"] == pytest.approx(0.6e9)
+
+
+def test_peak_rss_window_is_per_engine():
+    """reset_peak_rss starts a new window: a 300 MiB buffer freed before the reset does not count in
+    the next window's peak, and one allocated inside it does."""
+    import sys
+
+    import numpy as np
+    import pytest
+
+    from annot.bench.machine import reset_peak_rss, window_peak_rss_mib
+
+    if not sys.platform.startswith("linux") or not reset_peak_rss():
+        pytest.skip("needs Linux /proc/self/clear_refs")
+    big = np.ones(300 * 2 ** 20 // 8)
+    in_window = window_peak_rss_mib()
+    del big
+    assert reset_peak_rss()
+    after = window_peak_rss_mib()
+    assert in_window - after > 200
+    again = np.ones(300 * 2 ** 20 // 8)
+    assert window_peak_rss_mib() - after > 200
+    del again

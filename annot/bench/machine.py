@@ -9,6 +9,35 @@ import sys
 from pathlib import Path
 
 
+def reset_peak_rss() -> bool:
+    """Start a new peak-RSS window for this process: free heap memory goes back to the system first
+    (glibc malloc_trim), then the kernel's high-water mark is set to the current RSS (Linux
+    /proc/self/clear_refs). False where that is not possible; peaks then span the whole process."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def window_peak_rss_mib() -> float:
+    """The peak RSS (MiB) since the last reset_peak_rss() (VmHWM), else since the process started."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 2 ** 10
+    except OSError:
+        pass
+    return rss_mib(resource.RUSAGE_SELF)
+
+
 def rss_mib(who: int) -> float:
     """Peak RSS in MiB (ru_maxrss is KiB on Linux, bytes on macOS)."""
     peak = resource.getrusage(who).ru_maxrss

@@ -37,12 +37,18 @@ def format_bench(r: dict) -> str:
     for name, t in sections:
         if len(sections) > 1:
             lines.append(f"  {name} ({p.get('train_dtype', r['peak']['dtype'])})")
-        for label, key in (("annot driver", "annot"), ("transformers.Trainer", "trainer")):
+        for label, key in (("annot driver", "annot"), ("annot, whole batch", "annot_whole_batch"),
+                           ("transformers.Trainer", "trainer")):
+            if key not in t:
+                continue
             x = t[key]
             lines.append(f"{ind}{label:<{w}}{x['tokens_per_s']:>10.1f}{_pct(x['mfu']):>9}"
                          f"{_pct(x['mfu_vs_best_peak']):>9}{x['local_peak_mean'] / 1e9:>9.1f} GF")
         lines.append(f"{ind}{'annot / Trainer':<{w}}{t['speed_ratio_raw']:>9.2f}x   (rescaled to one matmul rate "
                      f"{t['speed_ratio']:.2f}x; Trainer batches {_pct(t['trainer']['padding_share'])} padding)")
+        if "micro_vs_whole_batch" in t:
+            lines.append(f"{ind}{'micro / whole batch':<{w}}{t['micro_vs_whole_batch']:>9.2f}x   (annot's tokens/s with "
+                         f"micro-batches of {p['training'].get('micro_batch_tokens')} tokens vs the whole batch at once)")
     lines.append("  MFU: against the mean matmul rate sampled around the steps; vs best: against the peak above")
     pr = r["probe"]
     lines += ["", f"{'probing ' + str(pr['n_checkpoints']) + ' checkpoints':<28}{'seconds':>10}",
@@ -69,5 +75,9 @@ def format_bench(r: dict) -> str:
     if mem.get("cuda_max_allocated_mib"):
         line += ", CUDA max allocated " + ", ".join(f"{k} {v:.0f} MiB" for k, v in
                                                      mem["cuda_max_allocated_mib"].items())
+    engine = {k: v for k, v in (mem.get("peak_rss_mib_engine") or {}).items() if v is not None}
+    if engine:
+        line += "\npeak RSS per engine (each in its own window): " + ", ".join(
+            f"{k} {v:.0f} MiB" for k, v in engine.items())
     lines += ["", line]
     return "\n".join(lines)

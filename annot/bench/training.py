@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Callable
 
 from annot.bench.clock import StepClock, model_flops, throughput, train_flops_per_token
-from annot.bench.machine import rss_mib
+from annot.bench.machine import reset_peak_rss, rss_mib, window_peak_rss_mib
 from annot.bench.settings import SEED, WARMUP_STEPS, WRAPPER
 
 
@@ -157,18 +157,32 @@ def time_trainer(model, tokenizer, examples: list[dict], cfg, out_dir: Path, pea
 
 def train_pair(make_model: Callable, tokenizer, examples, cfg, work: Path, peak: dict, echo, label: str,
                 memory: dict) -> dict:
-    """(a) + (b) for both engines, each on a fresh model from make_model()."""
+    """(a) + (b) for both engines, each on a fresh model from make_model(); annot twice, as configured
+    (micro-batches of training.micro_batch_tokens) and with the whole batch in one forward (the
+    driver before micro-batching), so memory and speed of the two sit side by side. Each engine's
+    peak RSS is measured in a window of its own (`memory["peak_rss_mib_engine"]`)."""
     import torch
 
     cuda = torch.cuda.is_available()
-    echo(f"{label}: training {cfg.max_steps} steps with annot's driver ...")
-    if cuda:
-        torch.cuda.reset_peak_memory_stats()
-    annot_res, flops = time_annot_train(make_model(), tokenizer, examples, cfg, work / f"{label}-annot", peak)
-    if cuda:
-        memory["cuda_max_allocated_mib"][f"{label}_annot_train"] = torch.cuda.max_memory_allocated() / 2 ** 20
-    memory["peak_rss_mib_after"][f"{label}_annot_train"] = rss_mib(resource.RUSAGE_SELF)
+    engine_peak = memory.setdefault("peak_rss_mib_engine", {})
+    whole = cfg.model_copy(update={"micro_batch_tokens": None})
+    runs = {}
+    for name, c in (("annot", cfg), ("annot_whole_batch", whole)):
+        gc.collect()
+        windowed = reset_peak_rss()
+        echo(f"{label}: training {c.max_steps} steps with annot's driver "
+             f"(micro_batch_tokens {c.micro_batch_tokens}) ...")
+        if cuda:
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
+        runs[name] = time_annot_train(make_model(), tokenizer, examples, c, work / f"{label}-{name}", peak)
+        if cuda:
+            memory["cuda_max_allocated_mib"][f"{label}_{name}_train"] = torch.cuda.max_memory_allocated() / 2 ** 20
+        memory["peak_rss_mib_after"][f"{label}_{name}_train"] = rss_mib(resource.RUSAGE_SELF)
+        engine_peak[f"{label}_{name}"] = window_peak_rss_mib() if windowed else None
+    (annot_res, flops), (whole_res, _) = runs["annot"], runs["annot_whole_batch"]
     gc.collect()
+    windowed = reset_peak_rss()
     echo(f"{label}: training {cfg.max_steps} steps with transformers.Trainer ...")
     if cuda:
         torch.cuda.empty_cache()
@@ -176,8 +190,10 @@ def train_pair(make_model: Callable, tokenizer, examples, cfg, work: Path, peak:
     trainer_res = time_trainer(make_model(), tokenizer, examples, cfg, work / f"{label}-trainer", peak)
     if cuda:
         memory["cuda_max_allocated_mib"][f"{label}_trainer"] = torch.cuda.max_memory_allocated() / 2 ** 20
+    engine_peak[f"{label}_trainer"] = window_peak_rss_mib() if windowed else None
     gc.collect()
     memory["peak_rss_mib_after"][f"{label}_trainer_train"] = rss_mib(resource.RUSAGE_SELF)
-    return {"annot": annot_res, "trainer": trainer_res, "flops_per_token": flops,
+    return {"annot": annot_res, "annot_whole_batch": whole_res, "trainer": trainer_res, "flops_per_token": flops,
+            "micro_vs_whole_batch": annot_res["tokens_per_s"] / whole_res["tokens_per_s"],
             "speed_ratio": annot_res["tokens_per_s_normalised"] / trainer_res["tokens_per_s_normalised"],
             "speed_ratio_raw": annot_res["tokens_per_s"] / trainer_res["tokens_per_s"]}
