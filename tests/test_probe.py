@@ -51,7 +51,8 @@ def test_shared_starts_and_cached_contexts_give_the_one_by_one_numbers(tiny, mon
                                                      ("Another raw prompt that shares nothing", " at all")]
     calls = []
     real_call = scoring.forward
-    monkeypatch.setattr(scoring, "forward", lambda m, **kw: calls.append(kw["input_ids"].shape) or real_call(m, **kw))
+    monkeypatch.setattr(scoring, "forward",
+                        lambda m, **kw: calls.append(kw["input_ids"].shape) or real_call(m, **kw))
     got = loglikelihoods(model, tok, pairs, batch_size=4)
     want = _one_by_one(model, tok, pairs)
     assert got == pytest.approx(want, abs=1e-4)
