@@ -57,7 +57,7 @@ from annot.analyze_stats import (absorption_stat, absorption_unit, aligned_items
                                  control_claim, estimate, first_mean, join_notes, mean_diff, plain_effect, unit_means)
 from annot.errors import AnnotError
 from annot.io import atomic_path, atomic_write_text
-from annot.kinds import kind_names
+from annot.kinds import kind_names, measure_of
 from annot.specs import MEASURE_ORDER
 
 __all__ = ["ABSORPTION_METRICS", "BEHAVIOR_KINDS", "COLUMNS", "KIND_ORDER", "MAX_DEPTH", "METRIC_ORDER", "POOLED",
@@ -68,7 +68,7 @@ __all__ = ["ABSORPTION_METRICS", "BEHAVIOR_KINDS", "COLUMNS", "KIND_ORDER", "MAX
 COLUMNS = ["run", "model", "target", "claim", "role", "wrapper", "wrapper_params", "polarity", "seed", "n_seeds", "condition",
            "step", "measure", "kind", "metric", "value", "ci_low", "ci_high", "n_items", "n_neutral", "tokens",
            "tokens_loss", "status", "note"]
-BEHAVIOR_KINDS = frozenset({"behavior", "behavior_open"})
+BEHAVIOR_KINDS = frozenset(k for k in kind_names() if measure_of(k) == "behavior")
 KIND_ORDER = (POOLED, *kind_names())  # the probe-kind registry's order
 RATE_METRICS = ("rate", "mean_p", "mean_logodds")
 # absorption metric -> (the value it is computed on, net of the control claim's shift?)
