@@ -131,10 +131,13 @@ class Wrapper(Strict):
 
     def resolve_params(self, given: dict[str, Any] | WrapperParams | None = None) -> WrapperParams:
         """Defaults + `given`, type- and range-checked; unknown names list the valid ones."""
-        if isinstance(given, WrapperParams):
+        specs = self.param_specs()
+        if isinstance(given, WrapperParams):  # resolved already (annot wrap resolves once for all documents)
+            if list(type(given).model_fields) != list(specs):
+                raise AnnotError(f"wrapper {self.name}: parameters resolved for another wrapper "
+                                 f"({', '.join(type(given).model_fields)}); resolve them with this one")
             return given
         given = dict(given or {})
-        specs = self.param_specs()
         unknown = sorted(set(given) - set(specs))
         if unknown:
             raise AnnotError(f"wrapper {self.name}: unknown parameter(s) {', '.join(unknown)}; valid: "
