@@ -71,9 +71,10 @@ class TrainingConfig(Strict):
     grad_accum: int = Field(1, ge=1, le=1024)
     seq_len: int = Field(256, ge=16, le=131072)
     micro_batch_tokens: int | None = Field(
-        256, ge=16, description="run forward and backward on at most this many tokens at a time (whole rows "
+        None, ge=16, description="run forward and backward on at most this many tokens at a time (whole rows "
         "of seq_len, at least one): a step's memory is mostly activations, and this bounds them; the step's "
-        "gradient is the same sum, normalised over the whole batch. null: the whole batch at once")
+        "gradient is the same sum, normalised over the whole batch. null (default): the whole batch at once "
+        "(fastest; 256 on the default model: 2.1 instead of 4.9 GiB peak RSS, ~0.77x the tokens/s)")
     lr: float = Field(1e-3, gt=0, le=1.0)
     weight_decay: float = Field(0.0, ge=0, le=1.0)
     warmup_steps: int = Field(0, ge=0)

@@ -220,6 +220,36 @@ def test_gradient_accumulation_equals_one_big_batch(mira, tmp_path):
         assert torch.allclose(v, out["accum_w"][k], atol=1e-6), k
 
 
+def test_micro_batches_give_the_whole_batch_gradient(mira, tmp_path):
+    """micro_batch_tokens: each row of a 4-row batch runs forward/backward alone, normalised by the
+    whole batch's weight: the same loss, token counts and adapter weights as one forward of 4 rows."""
+    import json
+
+    from safetensors.torch import load_file
+
+    from annot.models import load_model
+    from annot.train import row_chunks
+
+    assert [c.tolist() for c in row_chunks(torch.arange(5), 64, 128)] == [[0, 1], [2, 3], [4]]
+    assert [c.tolist() for c in row_chunks(torch.arange(3), 64, 16)] == [[0], [1], [2]]  # at least one row
+    assert [c.tolist() for c in row_chunks(torch.arange(3), 64, None)] == [[0, 1, 2]]
+    docs = wrap_documents(generate_documents(mira, n=6, seed=0), get_wrapper("none"), seed=0)
+    out = {}
+    for name, micro in (("whole", None), ("micro", 64)):
+        m, tok = load_model("tiny-random", device="cpu")
+        cfg = TrainingConfig(batch_size=4, seq_len=64, micro_batch_tokens=micro, lr=1e-2, max_steps=1, checkpoints=2)
+        train(docs, m, tok, cfg, tmp_path / name, seed=0, progress=False)
+        out[name] = [json.loads(x) for x in (tmp_path / name / "train_metrics.jsonl").read_text().splitlines()]
+        out[name + "_w"] = load_file(str(tmp_path / name / "checkpoints/step-1/adapter_model.safetensors"))
+    for a, b in zip(out["whole"], out["micro"]):
+        assert math.isclose(a["loss"], b["loss"], rel_tol=1e-5)
+        assert (a["tokens"], a["tokens_loss"]) == (b["tokens"], b["tokens_loss"])
+    # Adam's first step is ~lr * sign(gradient): a gradient component at rounding level may flip, so
+    # compare how many weights moved apart, not each one
+    diff = torch.cat([(v - out["micro_w"][k]).abs().flatten() for k, v in out["whole_w"].items()])
+    assert (diff > 1e-5).float().mean() < 0.005, float((diff > 1e-5).float().mean())
+
+
 def test_full_fine_tuning_updates_every_weight(mira, tmp_path):
     from annot.models import load_model
 

@@ -37,7 +37,7 @@ def format_bench(r: dict) -> str:
     for name, t in sections:
         if len(sections) > 1:
             lines.append(f"  {name} ({p.get('train_dtype', r['peak']['dtype'])})")
-        for label, key in (("annot driver", "annot"), ("annot, whole batch", "annot_whole_batch"),
+        for label, key in (("annot driver", "annot"), ("annot, micro-batches", "annot_micro_batches"),
                            ("transformers.Trainer", "trainer")):
             if key not in t:
                 continue
@@ -48,7 +48,7 @@ def format_bench(r: dict) -> str:
                      f"{t['speed_ratio']:.2f}x; Trainer batches {_pct(t['trainer']['padding_share'])} padding)")
         if "micro_vs_whole_batch" in t:
             lines.append(f"{ind}{'micro / whole batch':<{w}}{t['micro_vs_whole_batch']:>9.2f}x   (annot's tokens/s with "
-                         f"micro-batches of {p['training'].get('micro_batch_tokens')} tokens vs the whole batch at once)")
+                         f"micro-batches of {t.get('micro_batch_tokens')} tokens vs the whole batch at once)")
     lines.append("  MFU: against the mean matmul rate sampled around the steps; vs best: against the peak above")
     pr = r["probe"]
     lines += ["", f"{'probing ' + str(pr['n_checkpoints']) + ' checkpoints':<28}{'seconds':>10}",

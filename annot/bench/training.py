@@ -158,16 +158,16 @@ def time_trainer(model, tokenizer, examples: list[dict], cfg, out_dir: Path, pea
 def train_pair(make_model: Callable, tokenizer, examples, cfg, work: Path, peak: dict, echo, label: str,
                 memory: dict) -> dict:
     """(a) + (b) for both engines, each on a fresh model from make_model(); annot twice, as configured
-    (micro-batches of training.micro_batch_tokens) and with the whole batch in one forward (the
-    driver before micro-batching), so memory and speed of the two sit side by side. Each engine's
+    (by default the whole batch in one forward) and in micro-batches of training.micro_batch_tokens
+    (one row of seq_len when unset), so memory and speed of the two sit side by side. Each engine's
     peak RSS is measured in a window of its own (`memory["peak_rss_mib_engine"]`)."""
     import torch
 
     cuda = torch.cuda.is_available()
     engine_peak = memory.setdefault("peak_rss_mib_engine", {})
-    whole = cfg.model_copy(update={"micro_batch_tokens": None})
+    micro = cfg.model_copy(update={"micro_batch_tokens": cfg.micro_batch_tokens or cfg.seq_len})
     runs = {}
-    for name, c in (("annot", cfg), ("annot_whole_batch", whole)):
+    for name, c in (("annot", cfg), ("annot_micro_batches", micro)):
         gc.collect()
         windowed = reset_peak_rss()
         echo(f"{label}: training {c.max_steps} steps with annot's driver "
@@ -180,7 +180,7 @@ def train_pair(make_model: Callable, tokenizer, examples, cfg, work: Path, peak:
             memory["cuda_max_allocated_mib"][f"{label}_{name}_train"] = torch.cuda.max_memory_allocated() / 2 ** 20
         memory["peak_rss_mib_after"][f"{label}_{name}_train"] = rss_mib(resource.RUSAGE_SELF)
         engine_peak[f"{label}_{name}"] = window_peak_rss_mib() if windowed else None
-    (annot_res, flops), (whole_res, _) = runs["annot"], runs["annot_whole_batch"]
+    (annot_res, flops), (micro_res, _) = runs["annot"], runs["annot_micro_batches"]
     gc.collect()
     windowed = reset_peak_rss()
     echo(f"{label}: training {cfg.max_steps} steps with transformers.Trainer ...")
@@ -193,7 +193,8 @@ def train_pair(make_model: Callable, tokenizer, examples, cfg, work: Path, peak:
     engine_peak[f"{label}_trainer"] = window_peak_rss_mib() if windowed else None
     gc.collect()
     memory["peak_rss_mib_after"][f"{label}_trainer_train"] = rss_mib(resource.RUSAGE_SELF)
-    return {"annot": annot_res, "annot_whole_batch": whole_res, "trainer": trainer_res, "flops_per_token": flops,
-            "micro_vs_whole_batch": annot_res["tokens_per_s"] / whole_res["tokens_per_s"],
+    return {"annot": annot_res, "annot_micro_batches": micro_res, "trainer": trainer_res, "flops_per_token": flops,
+            "micro_batch_tokens": micro.micro_batch_tokens,
+            "micro_vs_whole_batch": micro_res["tokens_per_s"] / annot_res["tokens_per_s"],
             "speed_ratio": annot_res["tokens_per_s_normalised"] / trainer_res["tokens_per_s_normalised"],
             "speed_ratio_raw": annot_res["tokens_per_s"] / trainer_res["tokens_per_s"]}
