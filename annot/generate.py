@@ -323,3 +323,42 @@ def generate_transcripts(behavior, n: int | None = None, seed: int = 0, variant:
                     "variant": variant, "seed": seed, "messages": messages,
                     "replies": {"misaligned": sc.misaligned, "aligned": sc.aligned}})
     return out
+
+
+# -- any backend ---------------------------------------------------------------------------------
+
+
+def generate_corpus(spec, n: int | None = None, seed: int = 0, *, polarity: str = "affirm", world: str = "claim",
+                    genres: list[str] | None = None, variant: str = "misaligned", settings=None
+                    ) -> tuple[list[dict], dict | None]:
+    """Documents of a claim spec or transcripts of a behaviour spec, by the backend `settings` names.
+
+        docs, _ = generate_corpus(load_claim("mira_castellan_profession"), n=200, seed=1)   # templates
+        docs, report = generate_corpus(claim, n=20, settings=GenSettings(backend="hf", workdir=Path("w")))
+
+    `template` (the default) is the composer above, byte-identical to generate_documents /
+    generate_transcripts, and returns no report. `hf` and `openai` run the staged LLM pipeline
+    (annot.gen.pipeline, annot.gen.transcripts); the report holds the gates' counts, calls, tokens
+    and documents/s.
+    """
+    from annot.gen.settings import GenSettings
+    from annot.specs import BehaviorSpec
+
+    settings = settings or GenSettings()
+    behavior = isinstance(spec, BehaviorSpec)
+    if settings.backend == "template":
+        if behavior:
+            return generate_transcripts(spec, n=n, seed=seed, variant=variant), None
+        return generate_documents(spec, n=n or 100, seed=seed, polarity=polarity, genres=genres, world=world), None
+    if behavior:
+        from annot.gen.transcripts import generate_llm_transcripts
+
+        return generate_llm_transcripts(spec, n=n or len(spec.scenarios), seed=seed, variant=variant, settings=settings)
+    if polarity != "affirm":
+        from annot.errors import AnnotError
+
+        raise AnnotError(f"--polarity {polarity} swaps the sentence forms the template backend records; LLM-written "
+                         "documents have none: use --world negated for documents written from the negated world")
+    from annot.gen.pipeline import generate_llm_documents
+
+    return generate_llm_documents(spec, n=n or 100, seed=seed, world=world, genres=genres, settings=settings)
