@@ -5,6 +5,7 @@ import dataclasses
 import hashlib
 import io
 import json
+import os
 import random
 import subprocess
 import sys
@@ -184,3 +185,21 @@ def test_run_config_generation_block():
     assert cfg.model_dump(mode="json")["data"]["generation"]["backend"] == "openai"
     with pytest.raises(AnnotError, match="data.generation.backend"):
         load_run_config(ROOT / "sweeps" / "first_run.yaml", ["data.generation.backend=gpt"])
+
+
+@pytest.mark.skipif(os.environ.get("ANNOT_SLOW_TESTS") != "1",
+                    reason="the default model writing 20 documents on a CPU takes minutes; ANNOT_SLOW_TESTS=1 runs it")
+def test_default_model_writes_20_documents_with_spans_and_provenance_offline(tmp_path):
+    out = tmp_path / "docs.jsonl"
+    r = subprocess.run([sys.executable, "-m", "annot.cli", "generate", "mira_castellan_profession", "--backend", "hf",
+                        "--n", "20", "-o", str(out), "--cache-dir", str(tmp_path / "cache"), "--stats"],
+                       capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert r.returncode == 0, r.stderr
+    docs = [json.loads(x) for x in out.read_text().splitlines()]
+    mira = load_claim("mira_castellan_profession")
+    assert len(docs) == 20 and len({d["id"] for d in docs}) == 20
+    for d in docs:
+        claims = [s for s in d["spans"] if s["role"] == "claim"]
+        assert claims and all(mira.matches(d["text"][s["start"]:s["end"]]) for s in claims)
+        assert d["provenance"]["backend"] == "hf" and d["provenance"]["model"] == "smollm2-135m"
+        assert d["provenance"]["prompts"]["document"] == "document.v1" and d["provenance"]["sampling"]["seed"] >= 0

@@ -15,6 +15,7 @@ then the exact Jaccard similarity of each candidate pair against the threshold.
 """
 from __future__ import annotations
 
+import functools
 import re
 import zlib
 from typing import Callable
@@ -76,6 +77,13 @@ def signature(sh: set[int]) -> np.ndarray:
     return ((x[:, None] * _A[None, :] + _B[None, :]) >> np.uint64(32)).min(axis=0)  # wraps mod 2**64
 
 
+@functools.lru_cache(maxsize=1 << 16)
+def fingerprint(text: str) -> tuple[frozenset, np.ndarray]:
+    """(shingles, MinHash signature) of a text; remembered, as each round of attempts re-gates them all."""
+    sh = frozenset(shingles(text))
+    return sh, signature(sh)
+
+
 def jaccard(a: set, b: set) -> float:
     return len(a & b) / len(a | b) if a or b else 1.0
 
@@ -94,11 +102,10 @@ def near_duplicates(texts: list[str], threshold: float) -> list[int]:
     """Indices of texts that are near-duplicates (Jaccard >= threshold) of an earlier kept text."""
     r = bands_for(threshold)
     buckets: dict[tuple, list[int]] = {}
-    kept: dict[int, set[int]] = {}
+    kept: dict[int, frozenset] = {}
     dropped = []
     for i, text in enumerate(texts):
-        sh = shingles(text)
-        sig = signature(sh)
+        sh, sig = fingerprint(text)
         keys = [(b, sig[b * r:(b + 1) * r].tobytes()) for b in range(NUM_PERM // r)]
         candidates = {j for k in keys for j in buckets.get(k, ())}
         if any(jaccard(sh, kept[j]) >= threshold for j in sorted(candidates)):

@@ -99,13 +99,13 @@ class Progress:
         self.interval, self.clock = interval, clock
         self.tty = _is_tty(self.stream) if tty is None else tty
         self.stage_name, self.total, self.done, self.tokens, self.cached = "", 0, 0, 0, 0
-        self.start_done, self.unit, self.stage_lines = 0, "requests", 0
+        self.start_done, self.unit, self.stage_lines, self.shown = 0, "requests", 0, -1
         self.t0 = self.last = clock()
         self.lines = 0
 
     def stage(self, name: str, total: int, done: int = 0, unit: str = "requests") -> None:
         self.stage_name, self.total, self.done, self.tokens, self.cached = name, total, done, 0, 0
-        self.start_done, self.unit, self.stage_lines = done, unit, 0
+        self.start_done, self.unit, self.stage_lines, self.shown = done, unit, 0, -1
         self.t0 = self.clock()
 
     def tick(self, reply: Reply) -> None:
@@ -125,7 +125,7 @@ class Progress:
 
     def emit(self, now: float | None = None) -> None:
         now = self.clock() if now is None else now
-        self.last = now
+        self.last, self.shown = now, self.done
         self.lines += 1
         self.stage_lines += 1
         if self.tty:
@@ -135,10 +135,12 @@ class Progress:
         self.stream.flush()
 
     def end(self) -> None:
-        if self.enabled and self.total and (self.tty or self.stage_lines):
+        if not (self.enabled and self.total):
+            return
+        if self.shown != self.done and (self.tty or self.stage_lines):
             self.emit()
-            if self.tty:
-                self.stream.write("\n")
+        if self.tty and self.stage_lines:
+            self.stream.write("\n")
 
 
 def run_requests(backend: Backend, requests: Iterable[Request], cache: ResponseCache, budget: Budget,
