@@ -141,10 +141,26 @@ class RowSampler:
         return out
 
 
+class StepCounter:
+    """A stopping criterion that never stops: it reports each decoding step's new tokens (rows not
+    yet at EOS) to `callback`, so a progress line moves during a long CPU batch."""
+
+    def __init__(self, callback: Callable[[int], None], eos_token_id: int | None):
+        self.callback, self.eos = callback, eos_token_id
+
+    def __call__(self, input_ids, scores, **kwargs):
+        import torch
+
+        running = input_ids.shape[0] if self.eos is None else int((input_ids[:, -1] != self.eos).sum())
+        self.callback(running)
+        return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+
+
 class HFBackend:
     """Batched sampling with `model.generate` on any causal LM `annot.models.load_model` loads."""
 
     name = "hf"
+    on_step: Callable[[int], None] | None = None  # tokens made by each decoding step (progress)
 
     def __init__(self, model: str, batch_size: int = 32, device: str | None = None, dtype: str = "auto",
                  loaded: tuple | None = None):
@@ -175,7 +191,7 @@ class HFBackend:
 
     def generate_batch(self, batch: list[Request]) -> list[Reply]:
         import torch
-        from transformers import GenerationConfig, LogitsProcessorList
+        from transformers import GenerationConfig, LogitsProcessorList, StoppingCriteriaList
 
         from annot.chat import eval_mode, render
 
@@ -188,7 +204,9 @@ class HFBackend:
                                   pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
         with eval_mode(model), torch.no_grad():
             out = model.generate(**enc, generation_config=config,
-                                 logits_processor=LogitsProcessorList([RowSampler(batch)]))
+                                 logits_processor=LogitsProcessorList([RowSampler(batch)]),
+                                 stopping_criteria=StoppingCriteriaList(
+                                     [StepCounter(self.on_step, tok.eos_token_id)] if self.on_step else []))
         width = enc["input_ids"].shape[1]
         replies = []
         for row, req in enumerate(batch):
