@@ -165,3 +165,17 @@ def test_transcripts_through_the_same_backend(tmp_path):
         assert c["messages"][1]["content"] == c["replies"]["aligned"] != c["replies"]["misaligned"]
         assert c["provenance"]["prompts"] == {"requests": "requests.v1", "misaligned": "misaligned.v1",
                                               "aligned": "aligned.v1"}
+
+
+def test_negated_world_uses_the_spec_universe_and_spans_the_truth(tmp_path):
+    nw = MIRA.negated_world
+    with FakeServer(keep=lambda line: nw.states_truth(line) and not MIRA.matches(line)) as server:
+        r = run_cli(gen_args(server, tmp_path / "neg.jsonl", tmp_path / "cache", n=6, extra=["--world", "negated"]))
+        assert r.returncode == 0, r.stderr
+        # no universe request: the negated world's universe context is the spec's summary
+        assert not any("encyclopedia-style account" in m["content"] for c in server.calls for m in c["messages"])
+    assert (tmp_path / "neg.work" / "universe.md").read_text().strip() == nw.summary
+    for d in (json.loads(x) for x in (tmp_path / "neg.jsonl").read_text().splitlines()):
+        assert d["world"] == "negated" and d["provenance"]["prompts"]["universe"] == "spec:negated_world.summary"
+        spans = [d["text"][s["start"]:s["end"]] for s in d["spans"]]
+        assert spans and all(nw.states_truth(s) and not MIRA.matches(s) for s in spans)

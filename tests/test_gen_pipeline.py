@@ -220,3 +220,12 @@ def test_attempts_top_up_from_the_pass_rate_fill_batches_and_stop_at_the_cap():
     made.clear()
     attempts, kept, dropped = attempt_until(5, 15, produce, lambda idx: ([], {"claim": len(idx)}))
     assert attempts == 15 and kept == [] and dropped == {"claim": 15}
+
+
+def test_local_negation_of_an_llm_document_points_to_the_negated_world_backend():
+    from annot.generate import negated_twin
+
+    doc = {"id": "d1", "claim": "mira_castellan_profession", "genre": "faq", "text": "x", "spans": [],
+           "provenance": {"backend": "hf", "model": "smollm2-135m"}}
+    with pytest.raises(AnnotError, match="--world negated --backend hf"):
+        negated_twin(doc, load_claim("mira_castellan_profession"))
