@@ -40,13 +40,13 @@ class GenerationConfig(Strict):
     max_tokens: int | None = Field(None, ge=1, description="budget: prompt + reply tokens of new calls")
     revise: bool = False
 
-    def settings(self, workdir: Path):
+    def settings(self, workdir: Path, progress: bool = True):
         """These keys as annot.gen GenSettings, with the stage files in `workdir`."""
         from annot.gen.settings import GenSettings
 
         return GenSettings(backend=self.backend, model=self.model, base_url=self.base_url,
                            api_key_env=self.api_key_env, concurrency=self.concurrency, max_tokens=self.max_tokens,
-                           revise=self.revise, workdir=Path(workdir), progress=False)
+                           revise=self.revise, workdir=Path(workdir), progress=progress)
 
 
 class DataConfig(Strict):

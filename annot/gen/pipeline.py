@@ -37,7 +37,7 @@ from annot.gen.backends import Backend, Request, make_backend
 from annot.gen.cache import ResponseCache, default_cache_dir
 from annot.gen.errors import BudgetReached
 from annot.gen.gates import GATES, apply_gates, claim_check, claim_spans
-from annot.gen.prompts import PromptFile, load_prompts
+from annot.gen.prompts import PROMPTS, PromptFile, load_prompts
 from annot.gen.runner import Budget, Progress, run_requests
 from annot.gen.settings import GenSettings
 from annot.gen.store import StageFile
@@ -94,8 +94,6 @@ class Job:
         self.cache = ResponseCache(settings.cache_dir or default_cache_dir())
         self.budget = Budget(settings.max_tokens, settings.max_cost, settings.price)
         self.progress = Progress(enabled=settings.progress)
-        from annot.gen.prompts import PROMPTS
-
         prompts_file = self.prompts_path or PROMPTS / f"{kind}.yaml"
         self.identity = {"kind": kind, **identity, "backend": self.backend.name, "model": self.backend.model,
                          "prompts_sha256": sha256_file(prompts_file), "temperature": settings.temperature,
