@@ -35,6 +35,7 @@ from annot.errors import AnnotError
 from annot.gen.errors import GenerationFailed
 from annot.gen.settings import GenSettings, sanitize_url
 
+MAX_RETRY_AFTER_S = 600.0  # a Retry-After longer than this is waited only this long
 RETRY_STATUS = frozenset({408, 409, 425, 429, 500, 502, 503, 504, 520, 521, 522, 523, 524, 529})
 
 
@@ -242,9 +243,9 @@ class OpenAIBackend:
     """POST {base_url}/chat/completions with at most `concurrency` requests in flight.
 
     Retries 408/429/5xx and dropped connections with exponential backoff and jitter, waiting exactly
-    what a Retry-After header asks when there is one. The key is read once from the environment
-    variable named by `api_key_env` and lives only in the request header: error messages are
-    scrubbed of it and nothing here writes it anywhere."""
+    what a Retry-After header asks (up to 10 minutes) when there is one. The key is read once from
+    the environment variable named by `api_key_env` and lives only in the request header: error
+    messages are scrubbed of it and nothing here writes it anywhere."""
 
     name = "openai"
 
@@ -319,6 +320,8 @@ class OpenAIBackend:
                     raise GenerationFailed(f"{sanitize_url(self.url)}: HTTP {e.code} {e.reason} "
                                            f"({' '.join(detail.split())[:200]}){hint}") from None
                 wait_s = retry_after_s(e.headers.get("Retry-After"))
+                if wait_s is not None:
+                    wait_s = min(wait_s, MAX_RETRY_AFTER_S)
             except (urllib.error.URLError, http.client.HTTPException, ConnectionError, socket.timeout,
                     TimeoutError) as e:
                 reason = getattr(e, "reason", e)
