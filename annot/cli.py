@@ -181,22 +181,18 @@ def generate(claim, n, seed, polarity, world, genres, variant, out, stats, backe
     command resumes, and cached replies cost nothing. Exit code 3: the --max-tokens/--max-cost
     budget stopped it (every record written is complete).
     """
+    from annot.gen.settings import settings_from_options
     from annot.generate import corpus_stats, generate_corpus
     from annot.io import dumps_jsonl, write_jsonl
     from annot.specs import CORPORA, load_behavior, load_claim
 
-    llm_options = {"--model": model_name, "--base-url": base_url, "--api-key-env": api_key_env, "--workdir": workdir,
-                   "--cache-dir": cache_dir, "--prompts": prompts, "--max-tokens": budget_tokens,
-                   "--max-cost": max_cost, "--price": price, "--temperature": temperature,
-                   "--max-new-tokens": max_new_tokens, "--revise": revise or None, "--min-words": min_words}
-    given = [k for k, v in llm_options.items() if v is not None]
-    if backend == "template" and given:
-        raise AnnotError(f"{given[0]} applies to --backend hf or openai; the template backend composes from the spec")
     is_behavior = (CORPORA / "behaviors" / f"{claim}.yaml").is_file() or "behaviors" in str(claim)
+    settings = settings_from_options(out=out, backend=backend, model=model_name, base_url=base_url,
+                                     api_key_env=api_key_env, concurrency=concurrency, workdir=workdir,
+                                     cache_dir=cache_dir, prompts=prompts, max_tokens=budget_tokens, max_cost=max_cost,
+                                     price=price, temperature=temperature, max_new_tokens=max_new_tokens, revise=revise,
+                                     min_words=min_words, max_words=max_words, dup_threshold=dup_threshold)
     spec = load_behavior(claim) if is_behavior else load_claim(claim)
-    settings = _gen_settings(backend, model_name, base_url, api_key_env, concurrency, workdir, cache_dir, prompts,
-                             budget_tokens, max_cost, price, temperature, max_new_tokens, revise, min_words,
-                             max_words, dup_threshold, out)
     docs, report = generate_corpus(spec, n=n, seed=seed, polarity=polarity, world=world, genres=list(genres) or None,
                                    variant=variant, settings=settings)
     if out:
@@ -211,8 +207,9 @@ def generate(claim, n, seed, polarity, world, genres, variant, out, stats, backe
     elif out:
         extra = ""
         if report:
-            extra = (f" ({report['attempts']} written, dropped {', '.join(f'{k} {v}' for k, v in report['dropped'].items())}"
-                     f"; {report['per_second']} per second; stages in {report['workdir']})")
+            dropped = ", ".join(f"{k} {v}" for k, v in report["dropped"].items())
+            extra = (f" ({report['attempts']} attempts; dropped {dropped}; {report['per_second']} records/s; "
+                     f"stages in {report['workdir']})")
         click.echo(f"wrote {len(docs)} records to {out}{extra}", err=True)
     if report and report["written"] < report["requested"]:
         from annot.gen.errors import GenerationFailed
@@ -221,21 +218,6 @@ def generate(claim, n, seed, polarity, world, genres, variant, out, stats, backe
         raise GenerationFailed(f"only {report['written']} of {report['requested']} passed the quality gates after "
                                f"{report['attempts']} attempts (dropped: {dropped}); wrote those to {out or 'stdout'}. "
                                "Loosen the gates (--min-words, --dup-threshold) or use a stronger model")
-
-
-def _gen_settings(backend, model_name, base_url, api_key_env, concurrency, workdir, cache_dir, prompts, budget_tokens,
-                  max_cost, price, temperature, max_new_tokens, revise, min_words, max_words, dup_threshold, out):
-    """The CLI's generation options as GenSettings (work folder default: OUT.work beside -o)."""
-    from annot.gen.settings import GateSettings, GenSettings, parse_price
-
-    if backend != "template" and workdir is None and out:
-        workdir = str(Path(out).with_suffix("")) + ".work"
-    return GenSettings(backend=backend, model=model_name, base_url=base_url, api_key_env=api_key_env,
-                       concurrency=concurrency, max_tokens=budget_tokens, max_cost=max_cost, price=parse_price(price),
-                       temperature=temperature, max_new_tokens=max_new_tokens, revise=revise,
-                       workdir=Path(workdir) if workdir else None, cache_dir=Path(cache_dir) if cache_dir else None,
-                       prompts=Path(prompts) if prompts else None,
-                       gates=GateSettings(min_words=min_words, max_words=max_words, dup_threshold=dup_threshold))
 
 
 @main.command()

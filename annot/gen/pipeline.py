@@ -36,7 +36,7 @@ from annot.errors import AnnotError
 from annot.gen.backends import Backend, Request, make_backend
 from annot.gen.cache import ResponseCache, default_cache_dir
 from annot.gen.errors import BudgetReached
-from annot.gen.gates import GATES, apply_gates, claim_check, claim_spans
+from annot.gen.gates import apply_gates, claim_check, claim_spans
 from annot.gen.prompts import PROMPTS, PromptFile, load_prompts
 from annot.gen.runner import Budget, Progress, run_requests
 from annot.gen.settings import GenSettings

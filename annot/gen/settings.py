@@ -119,3 +119,30 @@ def sanitize_url(url: str | None) -> str | None:
     if p.port:
         host += f":{p.port}"
     return urlunsplit((p.scheme, host, p.path, "", ""))
+
+
+# CLI option -> GenSettings field, for the options only an LLM backend reads
+LLM_OPTIONS = {"--model": "model", "--base-url": "base_url", "--api-key-env": "api_key_env", "--workdir": "workdir",
+               "--cache-dir": "cache_dir", "--prompts": "prompts", "--max-tokens": "max_tokens",
+               "--max-cost": "max_cost", "--price": "price", "--temperature": "temperature",
+               "--max-new-tokens": "max_new_tokens", "--revise": "revise", "--min-words": "min_words"}
+
+
+def settings_from_options(out: str | None = None, *, backend: str, min_words: int | None, max_words: int,
+                          dup_threshold: float, price: str | None, workdir: str | None, cache_dir: str | None,
+                          prompts: str | None, **fields) -> GenSettings:
+    """`annot generate`'s options as GenSettings; the work folder defaults to OUT.work beside -o.
+
+    An LLM-only option given with the template backend is an error (it would be silently ignored)."""
+    given = {"price": price, "workdir": workdir, "cache_dir": cache_dir, "prompts": prompts, "min_words": min_words,
+             **fields}
+    if backend == "template":
+        for option, name in LLM_OPTIONS.items():
+            if given.get(name) not in (None, False):
+                raise AnnotError(f"{option} applies to --backend hf or openai; the template backend composes from the spec")
+    if backend != "template" and workdir is None and out:
+        workdir = str(Path(out).with_suffix("")) + ".work"
+    path = lambda p: Path(p) if p else None  # noqa: E731
+    return GenSettings(backend=backend, **fields, price=parse_price(price), workdir=path(workdir),
+                       cache_dir=path(cache_dir), prompts=path(prompts),
+                       gates=GateSettings(min_words=min_words, max_words=max_words, dup_threshold=dup_threshold))
