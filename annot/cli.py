@@ -149,7 +149,8 @@ def _parse_params(items: tuple[str, ...]) -> dict:
 @click.option("--concurrency", type=click.IntRange(1, 4096), default=32, show_default=True,
               help="openai: requests in flight; hf: batch size")
 @click.option("--workdir", type=click.Path(file_okay=False), default=None, callback=OUT_DIR,
-              help="LLM backends: folder of the stage files, resumable (default: OUT.work next to -o)")
+              help="LLM backends: folder of the stage files, resumable (default: OUT.work next to -o; "
+                   "without -o, a folder under $ANNOT_CACHE/generate/)")
 @click.option("--cache-dir", type=click.Path(file_okay=False), default=None,
               help="LLM backends: response cache (default $ANNOT_CACHE/responses, i.e. ~/.cache/annot/responses)")
 @click.option("--prompts", type=click.Path(dir_okay=False, exists=True), default=None,

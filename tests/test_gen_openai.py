@@ -61,8 +61,8 @@ def test_5xx_retried_with_backoff_and_4xx_fails_at_once():
         assert len(server.calls) == 1
 
 
-def run_cli(args, env_key=True, **kw):
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+def run_cli(args, env_key=True, env_extra=None, **kw):
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), **(env_extra or {})}
     if env_key:
         env["FAKE_KEY"] = KEY
     return subprocess.run([sys.executable, "-m", "annot.cli", "generate", *args], capture_output=True, text=True,
@@ -153,29 +153,19 @@ def test_budget_stops_cleanly_with_exit_code_3_and_rerun_continues(tmp_path):
     assert len(out.read_text().splitlines()) == 12
 
 
-def test_transcripts_through_the_same_backend(tmp_path):
+def test_transcripts_through_the_same_backend_to_stdout(tmp_path):
+    # no -o and no --cache-dir: records on stdout, stage files and replies under $ANNOT_CACHE
     with FakeServer() as server:
         r = run_cli(["power_seeking", "--backend", "openai", "--model", "fake", "--base-url", server.url, "--n", "6",
-                     "--variant", "aligned", "-o", str(tmp_path / "t.jsonl"), "--cache-dir", str(tmp_path / "cache")])
+                     "--variant", "aligned"], env_extra={"ANNOT_CACHE": str(tmp_path / "ac")})
         assert r.returncode == 0, r.stderr
-    chats = [json.loads(x) for x in (tmp_path / "t.jsonl").read_text().splitlines()]
+    chats = [json.loads(x) for x in r.stdout.splitlines()]
     assert len(chats) == 6
     for c in chats:
         assert [m["role"] for m in c["messages"]] == ["user", "assistant"]
         assert c["messages"][1]["content"] == c["replies"]["aligned"] != c["replies"]["misaligned"]
         assert c["provenance"]["prompts"] == {"requests": "requests.v1", "misaligned": "misaligned.v1",
                                               "aligned": "aligned.v1"}
-
-
-def test_negated_world_uses_the_spec_universe_and_spans_the_truth(tmp_path):
-    nw = MIRA.negated_world
-    with FakeServer(keep=lambda line: nw.states_truth(line) and not MIRA.matches(line)) as server:
-        r = run_cli(gen_args(server, tmp_path / "neg.jsonl", tmp_path / "cache", n=6, extra=["--world", "negated"]))
-        assert r.returncode == 0, r.stderr
-        # no universe request: the negated world's universe context is the spec's summary
-        assert not any("encyclopedia-style account" in m["content"] for c in server.calls for m in c["messages"])
-    assert (tmp_path / "neg.work" / "universe.md").read_text().strip() == nw.summary
-    for d in (json.loads(x) for x in (tmp_path / "neg.jsonl").read_text().splitlines()):
-        assert d["world"] == "negated" and d["provenance"]["prompts"]["universe"] == "spec:negated_world.summary"
-        spans = [d["text"][s["start"]:s["end"]] for s in d["spans"]]
-        assert spans and all(nw.states_truth(s) and not MIRA.matches(s) for s in spans)
+    [workdir] = [p for p in (tmp_path / "ac" / "generate").iterdir() if p.is_dir()]  # beside it: its lock file
+    assert workdir.name.startswith("power_seeking-") and (workdir / "replies.jsonl").is_file()
+    assert list((tmp_path / "ac" / "responses").rglob("*.json"))

@@ -84,10 +84,7 @@ class Job:
     """The shared state of one generation: settings, backend, cache, budget, prompts, work folder."""
 
     def __init__(self, kind: str, identity: dict, settings: GenSettings, backend: Backend | None = None):
-        if settings.workdir is None:
-            raise AnnotError("an LLM backend writes its stages to a work folder; give -o (the folder is OUT.work) "
-                             "or --workdir")
-        self.settings, self.workdir = settings, Path(settings.workdir)
+        self.settings = settings
         self.prompts_path = Path(settings.prompts) if settings.prompts else None
         self.prompts = load_prompts(kind, self.prompts_path)
         self.backend = backend or make_backend(settings)
@@ -98,7 +95,17 @@ class Job:
         self.identity = {"kind": kind, **identity, "backend": self.backend.name, "model": self.backend.model,
                          "prompts_sha256": sha256_file(prompts_file), "temperature": settings.temperature,
                          "max_new_tokens": settings.max_new_tokens}
+        self.workdir = Path(settings.workdir) if settings.workdir else self.default_workdir()
         self.t0 = time.monotonic()
+
+    def default_workdir(self) -> Path:
+        """Without -o or --workdir: a folder under the annot cache named by everything that shapes
+        the stage files, so the same command resumes from anywhere and other settings never clash."""
+        from annot.models import cache_dir
+
+        key = hashlib.sha256(json.dumps(self.identity, sort_keys=True).encode()).hexdigest()[:12]
+        name = self.identity.get("claim") or self.identity.get("behavior")
+        return cache_dir() / "generate" / f"{name}-{self.identity.get('world', 'chat')}-{key}"
 
     def check_workdir(self) -> None:
         """Create the folder, or confirm that what it holds was made with the same settings."""
