@@ -296,17 +296,13 @@ def generate_llm_documents(claim: ClaimSpec, n: int, seed: int = 0, world: str =
 
 
 def attempt_until(n: int, max_attempts: int, produce: Callable[[list[int]], None],
-                  gate: Callable[[list[int]], tuple[list, dict]], step: int = 1) -> tuple[int, list, dict]:
+                  gate: Callable[[list[int]], tuple[list, dict]]) -> tuple[int, list, dict]:
     """Attempt indices 0, 1, ... until the first n pass the gates or `max_attempts` are made.
 
     `produce(indices)` writes whatever of them is missing; `gate(indices)` -> (passed, dropped).
-    Each round adds the attempts the pass rate so far says are missing (plus 10%), rounded up to a
-    multiple of `step` (a local model's batch size: a full last batch costs no more time), so a run
+    Each round adds the attempts the pass rate so far says are missing (plus 10%), so a run
     resumed from its files makes the same rounds. Returns (attempts, passed, dropped per gate)."""
-    def rounded(k: int) -> int:
-        return min(max_attempts, -(-k // step) * step)
-
-    target = rounded(n)
+    target = min(n, max_attempts)
     while True:
         indices = list(range(target))
         produce(indices)
@@ -314,13 +310,7 @@ def attempt_until(n: int, max_attempts: int, produce: Callable[[list[int]], None
         if len(kept) >= n or target >= max_attempts:
             return target, kept, dropped
         rate = max(len(kept) / target, 0.2)  # at least 1 in 5 assumed to pass
-        target = rounded(target + math.ceil((n - len(kept)) / rate * 1.1))
-
-
-def batch_of(backend: Backend) -> int:
-    """Attempts that cost one step of time: a local model's batch; 1 for an HTTP server, where
-    every extra request is paid for."""
-    return getattr(backend, "batch_size", 1)
+        target = min(max_attempts, target + math.ceil((n - len(kept)) / rate * 1.1))
 
 
 def max_attempts_for(n: int, settings: GenSettings) -> int:
@@ -349,8 +339,7 @@ def _pipeline(job: Job, claim: ClaimSpec, n: int, seed: int, world: str, order: 
         return apply_gates([source[i] for i in indices], job.settings.gates, check)
 
     try:
-        attempts, kept, dropped = attempt_until(n, max_attempts_for(n, job.settings), produce, gate,
-                                                step=batch_of(job.backend))
+        attempts, kept, dropped = attempt_until(n, max_attempts_for(n, job.settings), produce, gate)
     finally:
         docs_file.close()
         rev_file.close()

@@ -23,7 +23,7 @@ import random
 from annot.errors import AnnotError
 from annot.gen.backends import Backend
 from annot.gen.gates import apply_gates
-from annot.gen.pipeline import (Job, attempt_until, batch_of, bullets, derive_seed, max_attempts_for,
+from annot.gen.pipeline import (Job, attempt_until, bullets, derive_seed, max_attempts_for,
                                 parse_list, stage_request)
 from annot.gen.settings import GenSettings
 from annot.gen.store import StageFile
@@ -110,8 +110,7 @@ def generate_llm_transcripts(behavior: BehaviorSpec, n: int, seed: int = 0, vari
                                measured=lambda p: [p[v]["text"] for v in VARIANTS])
 
         try:
-            attempts, kept, dropped = attempt_until(n, max_attempts_for(n, settings), produce, gate,
-                                                    step=max(1, batch_of(job.backend) // len(VARIANTS)))
+            attempts, kept, dropped = attempt_until(n, max_attempts_for(n, settings), produce, gate)
         finally:
             stage.close()
         chats = [transcript(job, behavior, seed, variant, pair) for pair in kept[:n]]
