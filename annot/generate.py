@@ -238,7 +238,8 @@ def negated_twin(doc: dict, claim: ClaimSpec, lib: GenreLibrary | None = None) -
     from annot.errors import AnnotError
 
     draw = doc.get("draw")
-    written_by = (doc.get("provenance") or {}).get("backend") if isinstance(doc.get("provenance"), dict) else None
+    prov = doc.get("provenance")
+    written_by = prov.get("backend") if isinstance(prov, dict) else None
     if written_by and not isinstance(draw, dict):
         raise AnnotError(f"document {doc.get('id')}: written by the {written_by} backend, so it has no template draws "
                          "to rebuild a twin from; write the negated world with the same backend instead: "
