@@ -17,7 +17,7 @@ from annot.errors import AnnotError
 from annot.gen.backends import HFBackend, Request
 from annot.gen.gates import apply_gates, claim_check, claim_spans
 from annot.gen.pipeline import generate_llm_documents, parse_list
-from annot.gen.prompts import PROMPTS, load_prompts
+from annot.gen.prompts import PROMPTS, load_prompt_file, load_prompts
 from annot.gen.runner import Progress
 from annot.gen.settings import GateSettings, GenSettings
 from annot.specs import load_claim
@@ -30,8 +30,9 @@ WORDS = ("amber basin cedar delta ember fjord granite harbor islet juniper kestr
 
 @pytest.mark.parametrize("path", sorted(PROMPTS.glob("*.yaml")), ids=lambda p: p.stem)
 def test_every_prompt_file_validates(path):
-    prompts = load_prompts(path.stem)
+    prompts = load_prompt_file(path)
     assert all(stage.id for stage in prompts.stages.values())
+    assert load_prompts(prompts.kind).kind in ("documents", "transcripts")  # each kind has its default file
 
 
 def test_a_prompt_with_an_unknown_placeholder_names_stage_and_placeholder(tmp_path):

@@ -87,10 +87,15 @@ def placeholders(text: str, stage: str) -> list[str]:
         raise ValueError(f"stage {stage!r}: malformed braces ({e}); write a literal brace as {{{{ or }}}}") from None
 
 
+def load_prompt_file(path: str | Path) -> PromptFile:
+    """A prompt file of any kind, validated (its `kind` says which pipeline it is for)."""
+    return validate(PromptFile, read_yaml(path), path)
+
+
 def load_prompts(kind: str, path: str | Path | None = None) -> PromptFile:
     """The prompt file for `kind` (default corpora/prompts/<kind>.yaml), validated."""
     path = Path(path) if path else PROMPTS / f"{kind}.yaml"
-    prompts = validate(PromptFile, read_yaml(path), path)
+    prompts = load_prompt_file(path)
     if prompts.kind != kind:
         raise AnnotError(f"{path}: kind: is {prompts.kind!r}, but this corpus needs {kind!r} prompts")
     return prompts
