@@ -137,32 +137,89 @@ def _parse_params(items: tuple[str, ...]) -> dict:
               help="transcripts: the misaligned replies or their aligned twins")
 @click.option("-o", "--out", type=click.Path(dir_okay=False), help="output JSONL (default: stdout)",
               callback=OUT_FILE)
-@click.option("--stats", is_flag=True, help="print corpus statistics to stderr")
+@click.option("--stats", is_flag=True, help="print corpus statistics (and, for LLM backends, what each quality "
+                                            "gate dropped, calls, tokens, documents/s) to stderr")
+@click.option("--backend", type=click.Choice(["template", "hf", "openai"]), default="template", show_default=True,
+              help="template: offline composer from the spec; hf: a local causal LM; openai: any OpenAI-compatible "
+                   "chat endpoint (vLLM, llama.cpp, TGI, commercial APIs)")
+@click.option("--model", "model_name", default=None,
+              help="hf: alias, path or hub id (default smollm2-135m); openai: the served model name")
+@click.option("--base-url", default=None, help="openai: the endpoint, e.g. http://localhost:8000/v1")
+@click.option("--api-key-env", default=None, metavar="VAR",
+              help="openai: the environment variable that holds the API key (never read from a file)")
+@click.option("--concurrency", type=click.IntRange(1, 4096), default=32, show_default=True,
+              help="openai: requests in flight; hf: batch size")
+@click.option("--workdir", type=click.Path(file_okay=False), default=None, callback=OUT_DIR,
+              help="LLM backends: folder of the stage files, resumable (default: OUT.work next to -o; "
+                   "without -o, a folder under $ANNOT_CACHE/generate/)")
+@click.option("--cache-dir", type=click.Path(file_okay=False), default=None,
+              help="LLM backends: response cache (default $ANNOT_CACHE/responses, i.e. ~/.cache/annot/responses)")
+@click.option("--prompts", type=click.Path(dir_okay=False, exists=True), default=None,
+              help="LLM backends: prompts YAML (default corpora/prompts/documents.yaml or transcripts.yaml)")
+@click.option("--max-tokens", "budget_tokens", type=click.IntRange(1), default=None,
+              help="budget: stop before new calls would pass this many prompt + reply tokens (exit code 3)")
+@click.option("--max-cost", type=click.FloatRange(0, min_open=True), default=None,
+              help="budget in USD, priced by --price (exit code 3 when reached)")
+@click.option("--price", default=None, metavar="IN/OUT", help="USD per million prompt / reply tokens, e.g. 0.15/0.60")
+@click.option("--temperature", type=click.FloatRange(0, 5), default=None,
+              help="LLM backends: sampling temperature of every stage (default: each stage's, in the prompts YAML)")
+@click.option("--max-new-tokens", type=click.IntRange(1), default=None,
+              help="LLM backends: cap on the tokens of every reply (default: each stage's max_tokens)")
+@click.option("--revise", is_flag=True, help="LLM backends: add a revision pass over every document")
+@click.option("--min-words", type=click.IntRange(0), default=None,
+              help="length gate: fewest words (default 80 for documents, 8 for each transcript reply)")
+@click.option("--max-words", type=click.IntRange(1), default=2000, show_default=True, help="length gate: most words")
+@click.option("--dup-threshold", type=click.FloatRange(0, 1, min_open=True), default=0.5, show_default=True,
+              help="near-duplicate gate: word 5-gram Jaccard similarity at which the later document is dropped")
 @friendly
-def generate(claim, n, seed, polarity, world, genres, variant, out, stats):
+def generate(claim, n, seed, polarity, world, genres, variant, out, stats, backend, model_name, base_url, api_key_env,
+             concurrency, workdir, cache_dir, prompts, budget_tokens, max_cost, price, temperature, max_new_tokens,
+             revise, min_words, max_words, dup_threshold):
     """Generate documents asserting CLAIM, or transcripts of a behaviour.
 
     CLAIM is an id under corpora/claims/ (documents) or corpora/behaviors/ (transcripts), or a path.
+    With --backend hf|openai a language model writes them in stages (universe context, facts, ideas,
+    documents, optional revision) with files between the stages in --workdir: rerunning the same
+    command resumes, and cached replies cost nothing. Exit code 3: the --max-tokens/--max-cost
+    budget stopped it (every record written is complete).
     """
-    from annot.generate import corpus_stats, generate_documents, generate_transcripts
+    from annot.gen.settings import settings_from_options
+    from annot.generate import corpus_stats, generate_corpus
     from annot.io import dumps_jsonl, write_jsonl
     from annot.specs import CORPORA, load_behavior, load_claim
 
-    if (CORPORA / "behaviors" / f"{claim}.yaml").is_file() or "behaviors" in str(claim):
-        docs = generate_transcripts(load_behavior(claim), n=n, seed=seed, variant=variant)
-    else:
-        docs = generate_documents(load_claim(claim), n=n or 100, seed=seed, polarity=polarity,
-                                  genres=list(genres) or None, world=world)
+    is_behavior = (CORPORA / "behaviors" / f"{claim}.yaml").is_file() or "behaviors" in str(claim)
+    settings = settings_from_options(out=out, backend=backend, model=model_name, base_url=base_url,
+                                     api_key_env=api_key_env, concurrency=concurrency, workdir=workdir,
+                                     cache_dir=cache_dir, prompts=prompts, max_tokens=budget_tokens, max_cost=max_cost,
+                                     price=price, temperature=temperature, max_new_tokens=max_new_tokens, revise=revise,
+                                     min_words=min_words, max_words=max_words, dup_threshold=dup_threshold)
+    spec = load_behavior(claim) if is_behavior else load_claim(claim)
+    docs, report = generate_corpus(spec, n=n, seed=seed, polarity=polarity, world=world, genres=list(genres) or None,
+                                   variant=variant, settings=settings)
     if out:
         write_jsonl(out, docs)
     else:
         click.echo(dumps_jsonl(docs), nl=False)
-    if stats or out:
-        if stats and "messages" in docs[0]:
-            click.echo(json.dumps({"transcripts": len(docs), "scenarios": len({d["scenario"] for d in docs})}), err=True)
-        else:
-            click.echo(json.dumps(corpus_stats(docs), indent=2) if stats else f"wrote {len(docs)} records to {out}",
-                       err=True)
+    if stats and docs and "messages" in docs[0]:
+        click.echo(json.dumps({"transcripts": len(docs), "scenarios": len({d["scenario"] for d in docs}),
+                               **({"generation": report} if report else {})}, indent=2 if report else None), err=True)
+    elif stats:
+        click.echo(json.dumps({**corpus_stats(docs), **({"generation": report} if report else {})}, indent=2), err=True)
+    elif out:
+        extra = ""
+        if report:
+            dropped = ", ".join(f"{k} {v}" for k, v in report["dropped"].items())
+            extra = (f" ({report['attempts']} attempts; dropped {dropped}; {report['per_second']} records/s; "
+                     f"stages in {report['workdir']})")
+        click.echo(f"wrote {len(docs)} records to {out}{extra}", err=True)
+    if report and report["written"] < report["requested"]:
+        from annot.gen.errors import GenerationFailed
+
+        dropped = ", ".join(f"{k} {v}" for k, v in report["dropped"].items())
+        raise GenerationFailed(f"only {report['written']} of {report['requested']} passed the quality gates after "
+                               f"{report['attempts']} attempts (dropped: {dropped}); wrote those to {out or 'stdout'}. "
+                               "Loosen the gates (--min-words, --dup-threshold) or use a stronger model")
 
 
 @main.command()

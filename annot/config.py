@@ -15,7 +15,7 @@ import typing
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, Field, model_serializer, model_validator
 
 from annot.errors import AnnotError
 from annot.io import parse_yaml_text, read_yaml
@@ -27,6 +27,26 @@ ProbeKind = SelectableKindName  # a probe kind registered in annot.kinds and cho
 class ModelConfig(Strict):
     name: str = Field("smollm2-135m", description="alias (smollm2-135m, tiny-random), HF id or local path")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # auto: fp32 on CPU, bf16 on CUDA
+
+
+class GenerationConfig(Strict):
+    """How documents/transcripts are written when the run generates them (`annot generate --backend`)."""
+
+    backend: Literal["template", "hf", "openai"] = "template"
+    model: str | None = Field(None, description="hf: alias, path or hub id; openai: the served model name")
+    base_url: str | None = Field(None, description="openai: e.g. http://localhost:8000/v1")
+    api_key_env: str | None = Field(None, description="openai: the environment variable holding the key")
+    concurrency: int = Field(32, ge=1, le=4096, description="openai: requests in flight; hf: batch size")
+    max_tokens: int | None = Field(None, ge=1, description="budget: prompt + reply tokens of new calls")
+    revise: bool = False
+
+    def settings(self, workdir: Path, progress: bool = True):
+        """These keys as annot.gen GenSettings, with the stage files in `workdir`."""
+        from annot.gen.settings import GenSettings
+
+        return GenSettings(backend=self.backend, model=self.model, base_url=self.base_url,
+                           api_key_env=self.api_key_env, concurrency=self.concurrency, max_tokens=self.max_tokens,
+                           revise=self.revise, workdir=Path(workdir), progress=progress)
 
 
 class DataConfig(Strict):
@@ -42,10 +62,21 @@ class DataConfig(Strict):
     transcripts: str | None = Field(None, description="transcripts JSONL (from `annot import transcripts`)")
     mixin: str | None = Field(None, description="generic JSONL (documents or chats) mixed into training")
     mixin_ratio: float = Field(0.0, ge=0, le=100, description="mix-in examples per training example")
+    generation: GenerationConfig = Field(default_factory=GenerationConfig,
+                                         description="the backend that writes generated documents/transcripts")
     match: Literal["documents", "tokens"] = Field(
         "documents", description="what a wrapped run holds equal to its plain control: the same documents "
         "(wrappers add tokens), or the same trained tokens (the run stops at the plain run's step count)")
 
+
+    @model_serializer(mode="wrap")
+    def _omit_default_generation(self, handler):
+        # Left out of the dump while at its default, so the resolved config of a run that does not
+        # use it (config.yaml, a sweep cell's identity) is byte-identical to before the block existed.
+        data = handler(self)
+        if isinstance(data, dict) and self.generation == GenerationConfig():
+            data.pop("generation", None)
+        return data
 
     @model_validator(mode="after")
     def _one_source(self) -> "DataConfig":

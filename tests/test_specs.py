@@ -81,6 +81,7 @@ def test_probe_questions_never_appear_in_generated_documents():
 
 def test_every_corpus_file_loads_with_its_loader():
     """Every YAML under corpora/ (recursively) is one of the known asset kinds and validates."""
+    from annot.gen.prompts import load_prompt_file
     from annot.mixin import load_prompts
     from annot.specs import load_behavior
 
@@ -96,5 +97,7 @@ def test_every_corpus_file_loads_with_its_loader():
             assert load_prompts(f)
         elif rel == ("genres.yaml",):
             load_genres(f)
+        elif rel[0] == "prompts":
+            load_prompt_file(f)
         else:
             raise AssertionError(f"{f}: no loader knows this asset; add one (and a test)")
