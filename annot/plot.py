@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
-import tempfile
 import textwrap
 from pathlib import Path
 
@@ -26,6 +24,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import NullFormatter, ScalarFormatter
 
 from annot.analyze import BEHAVIOR_KINDS, POOLED, condition_rows, final_rows, kind_rank
+from annot.io import atomic_path
 
 PLAIN_COLOR, BASE_COLOR = "black", "0.55"
 # Plots show the continuous measure (mean probability on the believing answer) and absorption on
@@ -39,15 +38,8 @@ def _save(fig: Figure, out_dir: Path, stem: str) -> list[Path]:
     paths = []
     for ext in ("png", "svg"):
         path = out_dir / f"{stem}.{ext}"
-        fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f, matplotlib.rc_context({"svg.hashsalt": "annot"}):
-                fig.savefig(f, format=ext, dpi=150, metadata={"Software": None} if ext == "png" else {"Date": None})
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        with atomic_path(path) as tmp, open(tmp, "wb") as f, matplotlib.rc_context({"svg.hashsalt": "annot"}):
+            fig.savefig(f, format=ext, dpi=150, metadata={"Software": None} if ext == "png" else {"Date": None})
         paths.append(path)
     return paths
 
