@@ -141,7 +141,7 @@ def test_progress_prints_a_line_at_most_every_30_s_off_a_terminal():
     bar.end()
     lines = out.getvalue().splitlines()
     assert len(lines) == 4  # at 30, 60, 90 s and the stage's end
-    assert lines[0].startswith("documents: 30/100 (30%), 1.00 documents/s, 0.9k tokens (30 tok/s)")
+    assert lines[0].startswith("documents: 30/100 (30%), 1.00 documents/s, 0.6k tokens generated (20 tok/s)")
     quiet = io.StringIO()
     short = Progress(stream=quiet, tty=False, clock=lambda: now[0])
     short.stage("ideas", 3)

@@ -87,7 +87,7 @@ def _is_tty(stream) -> bool:
 
 
 class Progress:
-    """One status line per stage: done/total, documents/s, tokens and tokens/s, cache hits.
+    """One status line per stage: done/total, documents/s, generated tokens and tokens/s, cache hits.
 
     On a terminal it redraws in place (at most 5 times a second); elsewhere (CI, nohup, a log file)
     it prints a plain line at most every `interval` seconds, and a last one when a stage that
@@ -111,8 +111,9 @@ class Progress:
     def tick(self, reply: Reply) -> None:
         self.done += 1
         self.cached += reply.cached
-        self.tokens += 0 if reply.cached else reply.tokens
-        self.live = max(0, self.live - (0 if reply.cached else reply.completion_tokens))
+        made = 0 if reply.cached else reply.completion_tokens  # generated tokens: the model's throughput
+        self.tokens += made
+        self.live = max(0, self.live - made)
         self.maybe_emit()
 
     def step(self, tokens: int) -> None:
@@ -130,7 +131,7 @@ class Progress:
         rate = (self.done - self.start_done) / dt
         tokens = self.tokens + self.live
         return (f"{self.stage_name}: {self.done}/{self.total} ({100 * self.done / max(self.total, 1):.0f}%), "
-                f"{rate:.2f} {self.unit}/s, {tokens / 1000:.1f}k tokens ({tokens / dt:.0f} tok/s), "
+                f"{rate:.2f} {self.unit}/s, {tokens / 1000:.1f}k tokens generated ({tokens / dt:.0f} tok/s), "
                 f"{self.cached} cached, {dt:.0f}s")
 
     def emit(self, now: float | None = None) -> None:
