@@ -105,7 +105,8 @@ def test_each_export_renders_its_models_own_template(root, runs):
                 suffix = " Answer yes or no." if kind == "yes_no" else ""
                 assert doc["context"] == question_prompt(tok, items[doc["id"]].question + suffix)
             rec = task_template(out / f"{task_name(CLAIM, kind)}.yaml")
-            assert rec == {"chat_template_model": str(root / name), "chat_template_sha256": sha256_text(TEMPLATES[name])}
+            assert rec == {"chat_template_model": str(root / name),
+                           "chat_template_sha256": sha256_text(TEMPLATES[name])}
         assert task_template(out / f"{task_name(CLAIM, 'cloze')}.yaml") is None  # raw prompts: any model
         assert check_task_model(out, tok, name) == 3  # mcq, yes_no and the group
         contexts[name] = [d["context"] for d in read_task_docs(CLAIM, "mcq", out)]
@@ -121,7 +122,8 @@ def test_real_lm_eval_matches_annot_exactly(root, runs, name):
     for kind in KINDS:
         docs = read_task_docs(CLAIM, kind, out)
         theirs = results["results"][task_name(CLAIM, kind)]
-        lls = {s["doc"]["id"]: [ll for ll, _ in s["filtered_resps"]] for s in results["samples"][task_name(CLAIM, kind)]}
+        samples = results["samples"][task_name(CLAIM, kind)]
+        lls = {s["doc"]["id"]: [ll for ll, _ in s["filtered_resps"]] for s in samples}
         ours = annot_accuracy(model, tok, docs)
         assert theirs["acc,none"] == ours["acc"] and theirs["acc_norm,none"] == ours["acc_norm"]
         for doc, mine in zip(docs, ours["loglikelihoods"]):
@@ -175,7 +177,8 @@ def test_export_cli_needs_out_for_another_model_and_warns_without_model(root, tm
     res = CliRunner().invoke(main, ["evals", "export", "--model", str(tmp_path / "nope"), "-o", str(tmp_path / "t")])
     assert res.exit_code == 2 and res.output.startswith("error: --model:")
     out = tmp_path / "gemma-tasks"
-    res = CliRunner().invoke(main, ["evals", "export", "--model", str(root / "gemma"), "--claim", CLAIM, "-o", str(out)])
+    res = CliRunner().invoke(main, ["evals", "export", "--model", str(root / "gemma"), "--claim", CLAIM,
+                                    "-o", str(out)])
     assert res.exit_code == 0 and "WARNING" not in res.output
     assert (out / "data" / f"{task_name(CLAIM, 'mcq')}.jsonl").read_bytes() == (
         root / "tasks" / "gemma" / "data" / f"{task_name(CLAIM, 'mcq')}.jsonl").read_bytes()
