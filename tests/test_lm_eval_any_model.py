@@ -184,3 +184,21 @@ def test_export_cli_needs_out_for_another_model_and_warns_without_model(root, tm
         root / "tasks" / "gemma" / "data" / f"{task_name(CLAIM, 'mcq')}.jsonl").read_bytes()
     res = CliRunner().invoke(main, ["evals", "export", "--claim", CLAIM, "-o", str(tmp_path / "default")])
     assert res.exit_code == 0 and "WARNING: no --model" in res.output and "mis-formatted" in res.output
+
+
+def test_a_base_model_without_template_is_recorded_as_such(tokenizer, tmp_path):
+    """No chat template: contexts use annot.chat's "User: ..." fallback, and the tasks say so."""
+    import copy
+
+    base = copy.deepcopy(tokenizer)
+    base.chat_template = None
+    out = tmp_path / "base"
+    export_lm_eval_tasks(out, [CLAIM], run_from=tmp_path, model="base-model", tokenizer=base)
+    path = out / f"{task_name(CLAIM, 'mcq')}.yaml"
+    assert task_template(path) == {"chat_template_model": "base-model", "chat_template_sha256": None}
+    assert "has no chat template" in path.read_text().splitlines()[3]
+    docs = read_task_docs(CLAIM, "mcq", out)
+    assert all(d["context"].startswith("User: ") and d["context"].endswith("Assistant:") for d in docs)
+    assert check_task_model(out, base, "base-model") == 3
+    with pytest.raises(AnnotError, match="base-model"):
+        check_task_model(out, tokenizer, "tiny-random")
