@@ -493,20 +493,25 @@ def evals_import(inp, claim, out):
 
 
 @evals.command("export")
-@click.option("-o", "--out", default=None, type=click.Path(file_okay=False), help="default evals/lm_eval",
-              callback=OUT_DIR)
+@click.option("-o", "--out", type=click.Path(file_okay=False), callback=OUT_DIR, help="default: evals/lm_eval")
 @click.option("--claim", "claims", multiple=True, help="only these claims (repeatable)")
+@click.option("--model", default=None, help="alias, HF id or local path: its chat template renders the tasks")
 @friendly
-def evals_export(out, claims):
-    """Write lm-eval task YAMLs (one task per claim x kind, a group per claim)."""
-    from annot.lm_eval_export import export_lm_eval_tasks
+def evals_export(out, claims, model):
+    """Write lm-eval task YAMLs for one model (one task per claim x kind, a group per claim)."""
+    from annot.lm_eval_export import export_cli
 
-    kwargs = {"claims": list(claims) or None}
-    if out:
-        kwargs["out_dir"] = Path(out)
-    paths = export_lm_eval_tasks(**kwargs)
-    click.echo(f"wrote {len(paths)} files; run: lm_eval --model hf --model_args pretrained=PATH "
-               "--include_path evals/lm_eval --tasks annot_<claim>", err=True)
+    export_cli(Path(out) if out else None, list(claims) or None, model, lambda m: click.echo(m, err=True))
+
+
+@evals.command("check-results")
+@click.argument("path", type=click.Path(exists=True))
+@friendly
+def evals_check_results(path):
+    """Fail if an lm-eval run scored annot's tasks with a model they were not built for."""
+    from annot.lm_eval_check import check_results_path
+
+    click.echo(check_results_path(Path(path)))
 
 
 @main.command()
