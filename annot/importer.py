@@ -12,7 +12,6 @@ documents); `coverage` counts the documents that got one. Transcripts: the commo
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 from annot.errors import AnnotError
