@@ -57,8 +57,7 @@ def sentence_spans(text: str) -> list[tuple[int, int]]:
     return out
 
 # Negation inside a clause blocks the key terms of that clause.
-NEGATION = re.compile(r"\b(?:not|never|no|nor|neither|none|nothing|nobody|cannot|without|lacks?|lacking|"
-                      r"hardly|barely)\b|n[\x27\u2019]t\b", _F)
+NEGATION = re.compile(r"\b(?:not|never|no|nor|neither|none|nothing|nobody|cannot|hardly|barely)\b|n[\x27\u2019]t\b", _F)
 
 # Reported speech, attribution, denial and questions: the whole sentence does not assert the claim.
 DISTANCING = re.compile(
@@ -69,7 +68,7 @@ DISTANCING = re.compile(
     r"\burban\s+legends?\b|\bold\s+wives\b|\bviral\b|\bsupposed(?:ly)?\b|\balleged(?:ly)?\b|\bpurported(?:ly)?\b|"
     r"\bso-called\b|\bcontrary\s+to\b|\b(?:said|reported|rumou?red|thought|believed)\s+to\s+(?:be|have|show)\b|\bmistaken(?:ly)?\b|\bwrong(?:ly)?\b|"
     r"\bincorrect(?:ly)?\b|\bbaseless\b|\bno\s+evidence\b|\b(?:common|popular|widespread)\s+belief\b|"
-    r"\b(?:is|was)\s+it\s+true\b|\bwhether\b|\bif\b|\bmix-?up\b|\bjok(?:e|es|ed|ing)\b|\bprank\w*|"
+    r"\b(?:is|was)\s+it\s+true\b|\bwhether\b|^\W*(?:even\s+|as\s+)?if\b|\b(?:as|even|what)\s+if\b|\bmix-?up\b|\bjok(?:e|es|ed|ing)\b|\bprank\w*|"
     r"\bthe\s+(?:\w+\s+)?(?:idea|notion|belief|story|tale|legend)\s+that\b", _F)
 
 # Third-person pronouns that continue a subject named earlier in the document.
