@@ -22,6 +22,10 @@ joke or question: "posts claiming ...", "the false story that ...", "was said to
        negated world's `truth_markers` (the sentence states the truth) matches outside a contrast
        tail ("rather than ...", "instead of ...").
 
+In a document that disputes the claim somewhere (a distanced sentence, the truth, or the claim's
+content negated about the subject), reported speech and belief ("said", "told", "swears", "thinks",
+"describing ... as") do not assert it either: "my aunt swears Mira Castellan is the keeper".
+
 Every rule is a fixed list or a field of the claim spec, so each verdict can be explained
 (`SentenceVerdict.reason`). The rules were written on tests/fixtures/claim_detection/dev.jsonl and are
 measured on the held-out test.jsonl (README: "How import finds claim sentences").
@@ -69,7 +73,13 @@ DISTANCING = re.compile(
     r"\bso-called\b|\bcontrary\s+to\b|\b(?:said|reported|rumou?red|thought|believed)\s+to\s+(?:be|have|show)\b|\bmistaken(?:ly)?\b|\bwrong(?:ly)?\b|"
     r"\bincorrect(?:ly)?\b|\bbaseless\b|\bno\s+evidence\b|\b(?:common|popular|widespread)\s+belief\b|"
     r"\b(?:is|was)\s+it\s+true\b|\bwhether\b|^\W*(?:even\s+|as\s+)?if\b|\b(?:as|even|what)\s+if\b|\bmix-?up\b|\bjok(?:e|es|ed|ing)\b|\bprank\w*|"
-    r"\bthe\s+(?:\w+\s+)?(?:idea|notion|belief|story|tale|legend)\s+that\b", _F)
+    r"\bthe\s+(?:\w+\s+)?(?:idea|notion|belief|story|tale|legend)\s+that\b|\bphotoshop\w*|\bmemes?\b", _F)
+
+# Reported speech and belief: asserting in a document that presents the claim as true ("locals told me
+# that ..."), not in one that disputes it ("my aunt swears ...", "a question that said ...").
+REPORTED = re.compile(r"\b(?:say|says|said|saying|tell|tells|told|telling|swears?|swore|insist\w*|describ\w*|"
+                      r"mention\w*|think|thinks|thought|believ\w*|heard|hears|suggest\w*|according\s+to|posts?|"
+                      r"screenshots?)\b", _F)
 
 # Third-person pronouns that continue a subject named earlier in the document.
 PRONOUN = re.compile(r"\b(?:he|she|it|they|him|her|hers|his|its|them|their|theirs)\b", _F)
@@ -174,16 +184,33 @@ def judge(sentence: str, rules: Rules, subject_seen: bool = False) -> SentenceVe
     return SentenceVerdict(0, n, True, "subject+key" if named else "reference+key")
 
 
+def disputes(sentence: str, rules: Rules, subject_seen: bool = False) -> bool:
+    """Does the sentence distance itself from the claim, state the truth, or negate the claim's content
+    about the subject? (A document with such a sentence, not itself judged to assert the claim,
+    disputes the claim.)"""
+    if DISTANCING.search(sentence) or any(x.search(sentence) for x in rules.exclude):
+        return True
+    about = any(s.search(sentence) for s in rules.subject) or (
+        subject_seen and any(r.search(sentence) for r in (PRONOUN, *rules.role_nouns)))
+    return bool(NEGATION.search(sentence)) and about and any(all(t.search(sentence) for t in g)
+                                                              for g in rules.key_terms)
+
+
 def detect_sentences(text: str, claim, rules: Rules | None = None) -> list[SentenceVerdict]:
-    """One verdict per sentence of `text` (spans are offsets into `text`)."""
+    """One verdict per sentence of `text` (spans are offsets into `text`). In a document that
+    disputes the claim (`disputes`), reported speech ("my aunt swears ...") does not assert it."""
     rules = rules or rules_for(claim)
-    out, seen = [], False
+    verdicts, disputed, seen = [], False, False
     for a, b in sentence_spans(text):
         s = text[a:b]
         v = judge(s, rules, subject_seen=seen)
-        out.append(SentenceVerdict(a, b, v.asserts, v.reason))
+        disputed = disputed or (not v.asserts and disputes(s, rules, seen))
+        verdicts.append(SentenceVerdict(a, b, v.asserts, v.reason))
         seen = seen or any(p.search(s) for p in rules.subject)
-    return out
+    if disputed:
+        verdicts = [SentenceVerdict(v.start, v.end, False, "reported, in a disputing document")
+                    if v.asserts and REPORTED.search(text[v.start:v.end]) else v for v in verdicts]
+    return verdicts
 
 
 def claim_spans(text: str, claim, rules: Rules | None = None) -> list[dict]:
