@@ -73,12 +73,13 @@ DISTANCING = re.compile(
     r"\bso-called\b|\bcontrary\s+to\b|\b(?:said|reported|rumou?red|thought|believed)\s+to\s+(?:be|have|show)\b|\bmistaken(?:ly)?\b|\bwrong(?:ly)?\b|"
     r"\bincorrect(?:ly)?\b|\bbaseless\b|\bno\s+evidence\b|\b(?:common|popular|widespread)\s+belief\b|"
     r"\b(?:is|was)\s+it\s+true\b|\bwhether\b|^\W*(?:even\s+|as\s+)?if\b|\b(?:as|even|what)\s+if\b|\bmix-?up\b|\bjok(?:e|es|ed|ing)\b|\bprank\w*|"
-    r"\bthe\s+(?:\w+\s+)?(?:idea|notion|belief|story|tale|legend)\s+that\b|\bphotoshop\w*|\bmemes?\b", _F)
+    r"\bthe\s+(?:\w+\s+)?(?:idea|notion|belief|story|tale|legend)\s+that\b|\bphotoshop\w*|\bmemes?\b|"
+    r"\bapologi[sz]\w*|\bcorrected\b|\berror\w*|\berroneous\w*|\bconfus(?:ing|ed|es)\b|\bunverified\b", _F)
 
 # Reported speech and belief: asserting in a document that presents the claim as true ("locals told me
 # that ..."), not in one that disputes it ("my aunt swears ...", "a question that said ...").
 REPORTED = re.compile(r"\b(?:say|says|said|saying|tell|tells|told|telling|swears?|swore|insist\w*|describ\w*|"
-                      r"mention\w*|think|thinks|thought|believ\w*|heard|hears|suggest\w*|according\s+to|posts?|"
+                      r"mention\w*|think|thinks|thought|believ\w*|heard|hears|suggest\w*|according\s+to|"
                       r"screenshots?)\b", _F)
 
 # Third-person pronouns that continue a subject named earlier in the document.
@@ -184,27 +185,29 @@ def judge(sentence: str, rules: Rules, subject_seen: bool = False) -> SentenceVe
     return SentenceVerdict(0, n, True, "subject+key" if named else "reference+key")
 
 
-def disputes(sentence: str, rules: Rules, subject_seen: bool = False) -> bool:
-    """Does the sentence distance itself from the claim, state the truth, or negate the claim's content
-    about the subject? (A document with such a sentence, not itself judged to assert the claim,
-    disputes the claim.)"""
-    if DISTANCING.search(sentence) or any(x.search(sentence) for x in rules.exclude):
-        return True
+def disputes(sentence: str, rules: Rules, subject_seen: bool = False, after_claim: bool = False) -> bool:
+    """Does the sentence distance itself from the claim (a distancing word in a sentence about the
+    subject or the claim's content, or right after a sentence stating the claim), or negate the claim's content about the subject? A document with
+    such a sentence, not itself judged to assert the claim, disputes the claim. (The truth alone does
+    not: claim-world documents state true background too.)"""
     about = any(s.search(sentence) for s in rules.subject) or (
         subject_seen and any(r.search(sentence) for r in (PRONOUN, *rules.role_nouns)))
-    return bool(NEGATION.search(sentence)) and about and any(all(t.search(sentence) for t in g)
-                                                              for g in rules.key_terms)
+    content = any(all(t.search(sentence) for t in g) for g in rules.key_terms)
+    if DISTANCING.search(sentence) and (about or content or after_claim):
+        return True
+    return bool(NEGATION.search(sentence)) and about and content
 
 
 def detect_sentences(text: str, claim, rules: Rules | None = None) -> list[SentenceVerdict]:
     """One verdict per sentence of `text` (spans are offsets into `text`). In a document that
     disputes the claim (`disputes`), reported speech ("my aunt swears ...") does not assert it."""
     rules = rules or rules_for(claim)
-    verdicts, disputed, seen = [], False, False
+    verdicts, disputed, seen, prev = [], False, False, False
     for a, b in sentence_spans(text):
         s = text[a:b]
         v = judge(s, rules, subject_seen=seen)
-        disputed = disputed or (not v.asserts and disputes(s, rules, seen))
+        disputed = disputed or (not v.asserts and disputes(s, rules, seen, after_claim=prev))
+        prev = v.asserts
         verdicts.append(SentenceVerdict(a, b, v.asserts, v.reason))
         seen = seen or any(p.search(s) for p in rules.subject)
     if disputed:
