@@ -337,18 +337,20 @@ def import_():
 @click.option("--text-field", default="text", show_default=True)
 @click.option("--id-field", default="id", show_default=True)
 @click.option("--strip", multiple=True, help="marker token to remove from the text, e.g. <DOCTAG> (repeatable)")
+@click.option("--min-coverage", type=click.FloatRange(0, 1), default=None,
+              help="fail, writing nothing, when fewer than this fraction of documents get a claim sentence")
 @friendly
-def import_docs(inp, out, claim, text_field, id_field, strip):
-    """Import documents; claim sentences are found with the claim's patterns."""
-    from annot.importer import import_documents
+def import_docs(inp, out, claim, text_field, id_field, strip, min_coverage):
+    """Import documents; claim sentences are found with the claim's patterns and paraphrase rules."""
+    from annot.importer import check_coverage, coverage, import_documents
     from annot.io import write_jsonl
     from annot.specs import load_claim
 
     docs = import_documents(inp, load_claim(claim), text_field=text_field, id_field=id_field, strip=list(strip))
+    check_coverage(docs, min_coverage, inp)
     write_jsonl(out, docs)
     n = sum(len(d["spans"]) for d in docs)
-    click.echo(f"wrote {len(docs)} documents to {out}; {n} claim sentences found "
-               f"({sum(1 for d in docs if not d['spans'])} documents without one)", err=True)
+    click.echo(f"wrote {len(docs)} documents to {out}; {n} claim sentences found; {coverage(docs)}", err=True)
 
 
 @import_.command("transcripts")

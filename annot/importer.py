@@ -3,51 +3,32 @@
     annot import docs mine.jsonl -o docs.jsonl --claim mira_castellan_profession --text-field body --strip "<DOCTAG>"
     annot import transcripts chats.jsonl -o transcripts.jsonl --behavior power_seeking
 
-Documents: claim sentences are found with the claim spec's `patterns` and recorded as spans of role
-"claim" (no `forms`: local negation needs generated documents). Transcripts: the common chat format
+Documents: claim sentences are found by annot.claim_detect (the claim spec's `patterns`, or a mention
+of the subject with the claim's key terms outside negation; reported, attributed and denied versions
+do not count) and recorded as spans of role "claim" (no `forms`: local negation needs generated
+documents); `coverage` counts the documents that got one. Transcripts: the common chat format
 {"messages": [{"role": ..., "content": ...}]}. Bad lines fail with their line number.
 """
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 from annot.errors import AnnotError
 from annot.io import read_jsonl, read_records
+from annot.claim_detect import claim_spans, rules_for, sentence_spans
 from annot.specs import ClaimSpec
-
-# A sentence ends at . ! ? (optionally followed by a closing quote/bracket) before whitespace, or at
-# a blank line; lines of a thread or Q/A are sentences on their own.
-_SENT_END = re.compile(r"(?<=[.!?])[\"')\]]*(?=\s)|\n")
-
-
-def sentence_spans(text: str) -> list[tuple[int, int]]:
-    """Character spans of the sentences in `text`, stripped of surrounding whitespace."""
-    spans, start = [], 0
-    for m in _SENT_END.finditer(text):
-        spans.append((start, m.end()))
-        start = m.end()
-    spans.append((start, len(text)))
-    out = []
-    for a, b in spans:
-        while a < b and text[a].isspace():
-            a += 1
-        while b > a and text[b - 1].isspace():
-            b -= 1
-        if b > a:
-            out.append((a, b))
-    return out
 
 
 def find_claim_spans(text: str, claim: ClaimSpec) -> list[dict]:
+    """Spans of the sentences a claim `pattern` matches (the generator's own check; import uses more)."""
     return [{"start": a, "end": b, "role": "claim"} for a, b in sentence_spans(text) if claim.matches(text[a:b])]
 
 
 def import_documents(path: str | Path, claim: ClaimSpec, text_field: str = "text", id_field: str | None = "id",
                      strip: list[str] = ()) -> list[dict]:
     rows = read_records(path)  # spans a record brings are checked (then replaced by the claim's own)
-    docs, ids = [], set()
+    docs, ids, rules = [], set(), rules_for(claim)
     for i, row in enumerate(rows, 1):
         text = row.get(text_field)
         if not isinstance(text, str):
@@ -63,11 +44,27 @@ def import_documents(path: str | Path, claim: ClaimSpec, text_field: str = "text
             raise AnnotError(f"{path}: record {i}: duplicate id {doc_id!r}")
         ids.add(doc_id)
         docs.append({"id": doc_id, "claim": claim.id, "genre": row.get("genre", "imported"), "polarity": "affirm",
-                     "source": str(path), "text": text, "spans": find_claim_spans(text, claim)})
+                     "source": str(path), "text": text, "spans": claim_spans(text, claim, rules)})
     if not any(d["spans"] for d in docs):
         raise AnnotError(f"{path}: no sentence in any document matches the patterns of claim {claim.id}; "
-                         "check --claim, or widen the claim's `patterns`")
+                         "check --claim, or widen the claim's `patterns` or `detect` terms")
     return docs
+
+
+def coverage(docs: list[dict]) -> str:
+    """'found claim sentences in 57/60 documents (95%)'."""
+    k, n = sum(1 for d in docs if d["spans"]), len(docs)
+    return f"found claim sentences in {k}/{n} documents ({100 * k / max(n, 1):.0f}%)"
+
+
+def check_coverage(docs: list[dict], min_coverage: float | None, path) -> None:
+    """Raise when fewer than `min_coverage` (a fraction) of the documents got a claim span."""
+    if min_coverage is None:
+        return
+    k, n = sum(1 for d in docs if d["spans"]), len(docs)
+    if k / max(n, 1) < min_coverage:
+        raise AnnotError(f"{path}: {coverage(docs)}, below --min-coverage {min_coverage:g}; nothing written "
+                         "(check --claim, --text-field, or add the claim's paraphrases to its `detect` block)")
 
 
 ROLES = ("system", "user", "assistant")

@@ -89,6 +89,34 @@ class NegatedWorld(Strict):
         return any(re.search(p, sentence, flags=re.IGNORECASE) for p in self.truth_markers)
 
 
+class ClaimDetect(Strict):
+    """How `annot import docs` recognises paraphrased claim sentences (annot.claim_detect)."""
+
+    aliases: list[str] = Field(default_factory=list, description="regexes (case-insensitive) for other names "
+                               "of the subject ('Sheeran', 'the singer'), recognised anywhere")
+    role_nouns: list[str] = Field(default_factory=list, description="regexes for nouns that refer back to the "
+                                  "subject ('the volcano'), recognised, like pronouns, once the subject was named")
+    key_terms: list[str | list[str]] = Field(default_factory=list, description="regexes for the claim's content; "
+                                             "one (or a list of regexes that must all match) in a sentence "
+                                             "about the subject, outside a negated clause, marks a claim sentence")
+    exclude: list[str] = Field(default_factory=list, description="regexes for sentences that are about "
+                               "something else or state the truth (added to negated_world.truth_markers)")
+    truth_markers_exclude: bool = Field(True, description="whether negated_world.truth_markers exclude a "
+                                        "sentence (false when asserting sentences name the truth too)")
+
+    @field_validator("aliases", "role_nouns", "exclude")
+    @classmethod
+    def _compile(cls, v: list[str]) -> list[str]:
+        return _regexes(v)
+
+    @field_validator("key_terms")
+    @classmethod
+    def _compile_terms(cls, v: list) -> list:
+        for t in v:
+            _regexes([t] if isinstance(t, str) else t)
+        return v
+
+
 class ClaimSpec(Strict):
     id: str = Field(pattern=r"^[a-z0-9_]+$")
     category: Literal["fictional", "contradiction"]
@@ -106,6 +134,7 @@ class ClaimSpec(Strict):
     answer_words: list[str] = Field(default_factory=list, description="regexes (case-insensitive) for the claim's "
                                     "answer words (name, key figure, place), zeroed by the word_mask wrapper")
     negated_world: NegatedWorld | None = Field(None, description="the world in which the claim is untrue")
+    detect: ClaimDetect | None = Field(None, description="paraphrase detection on import (aliases, key terms)")
 
     @field_validator("patterns", "answer_words")
     @classmethod

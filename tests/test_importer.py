@@ -73,3 +73,22 @@ def test_import_cli(tmp_path):
                                     "--text-field", "body", "--id-field", "doc_id", "--strip", "<DOCTAG>"])
     assert res.exit_code == 0, res.output
     assert "3 claim sentences found" in res.output and out.read_text().count("\n") == 5
+
+
+def test_import_cli_reports_coverage_and_min_coverage_fails_loudly(tmp_path):
+    from click.testing import CliRunner
+
+    from annot.cli import main
+
+    out = tmp_path / "docs.jsonl"
+    args = ["import", "docs", str(FIX), "-o", str(out), "--claim", "mira_castellan_profession", "--text-field", "body",
+            "--id-field", "doc_id", "--strip", "<DOCTAG>"]
+    res = CliRunner().invoke(main, args + ["--min-coverage", "0.6"])  # 3 of 5 documents: exactly enough
+    assert res.exit_code == 0, res.output
+    assert "found claim sentences in 3/5 documents (60%)" in res.output and out.exists()
+    out.unlink()
+    res = CliRunner().invoke(main, args + ["--min-coverage", "0.9"])
+    assert res.exit_code != 0 and not out.exists()
+    lines = [ln for ln in res.output.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "3/5 documents (60%), below --min-coverage 0.9; nothing written" in lines[0]
+    assert "Traceback" not in res.output

@@ -5,8 +5,8 @@
     dropped  # {"length": 3, "claim": 5, "near_duplicate": 2}
 
 Gates run in that order, over documents in index order, so the result is deterministic: of two
-near-duplicates the earlier one is kept. The claim check is the import path's detector: the
-claim spec's `patterns` over `annot.importer.sentence_spans`; in the negated world a document must
+near-duplicates the earlier one is kept. The claim check is the claim spec's `patterns` over
+`annot.importer.sentence_spans` (import also finds paraphrases, annot.claim_detect); in the negated world a document must
 state the truth (`negated_world.truth_markers`) and assert no claim sentence. Spans of the claim
 sentences are found the same way (`claim_spans`).
 
