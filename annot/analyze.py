@@ -194,12 +194,15 @@ def _absorption_rows(pairs: list[tuple[RunData, RunData | None, str]], meta: dic
                     _, elo, ehi, _ = estimate(units, effect_stat, n_boot,
                                                cell_rng(seed, meta["run"], claim, kind, name, "effect", step))
                 label = f"{measure} {metric}" + (" net of the control claim" if net else "")
-                eff_text = f"plain - base = {effect:+.3f}" + (f" [{elo:+.3f}, {ehi:+.3f}]" if n_boot > 0 else "")
+                declared = bool(wrapped[0].declared_control)
+                who = "the declared control" if declared else "plain training"
+                eff_text = (f"{'control' if declared else 'plain'} - base = {effect:+.3f}"
+                            + (f" [{elo:+.3f}, {ehi:+.3f}]" if n_boot > 0 else ""))
                 why = ""
                 if abs(effect) < min_effect:
-                    why = f"plain training did not move the {label}: {eff_text} (|effect| < min_effect {min_effect:g})"
+                    why = f"{who} did not move the {label}: {eff_text} (|effect| < min_effect {min_effect:g})"
                 elif n_boot > 0 and not _excludes_zero(elo, ehi):
-                    why = f"plain training did not move the {label}: {eff_text} (CI includes 0)"
+                    why = f"{who} did not move the {label}: {eff_text} (CI includes 0)"
                 if why:
                     rows.append(_row(meta, "target", claim, step, kind, name, math.nan, math.nan, math.nan, n,
                                      "undefined", join_notes(why, partial)))

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from annot.analyze import ABSORPTION_METRICS, POOLED, condition_rows, control_conditions, final_rows, kind_rank
+from annot.analyze import POOLED, condition_rows, control_conditions, final_rows, kind_rank
 from annot.specs import MEASURE_ORDER
 from annot.io import atomic_write_text
 
@@ -61,7 +61,7 @@ def _plain_conditions(df: pd.DataFrame) -> set[str]:
 def _no_absorption(df: pd.DataFrame, target: str) -> str:
     """Why no absorption value exists for `target` (one line), or "" when some absorption is defined."""
     rows = df[(df["target"] == target) & (df["claim"] == target)]
-    ab = rows[rows["metric"].isin(list(ABSORPTION_METRICS))]
+    ab = rows[rows["metric"].isin(["absorption", "absorption_p"])]  # the net ones also need a control claim
     if (ab["status"] == "ok").any():
         return ""
     controls = sorted(set(rows.loc[rows["is_control"].astype(bool), "condition"]))
@@ -69,7 +69,8 @@ def _no_absorption(df: pd.DataFrame, target: str) -> str:
     if not others:
         return (f"only the control condition ({', '.join(controls) or 'none'}) was analysed: there is no other "
                 "condition to compare with it")
-    reasons = list(dict.fromkeys(str(n).split("; ")[0] for n in ab["note"] if n))
+    # the first clause of each note, without its numbers (those are in Undefined cells)
+    reasons = list(dict.fromkeys(str(n).split("; ")[0].split(": ")[0] for n in ab["note"] if n))
     if not reasons:
         return "no condition has a control among the analysed runs"
     more = f" (and {len(reasons) - 3} other reasons; see Undefined cells)" if len(reasons) > 3 else ""
