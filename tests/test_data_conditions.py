@@ -37,6 +37,16 @@ def test_data_path_is_stored_as_documents_or_transcripts():
         config_from_dict({"name": "a", "data": {"claim": CLAIM, "path": "x.jsonl", "documents": "y.jsonl"}})
 
 
+def test_a_declared_data_path_matches_documents_and_transcripts_alike():
+    from annot.declared_control import matches
+
+    chats = config_from_dict({"name": "a", "data": {"behavior": "sycophancy", "path": "./t/a.jsonl"}}).model_dump()
+    docs = config_from_dict({"name": "a", "data": {"claim": CLAIM, "documents": "t/a.jsonl"}}).model_dump()
+    for cfg in (chats, docs):
+        assert matches(cfg, {"data.path": "t/a.jsonl"}) and not matches(cfg, {"data.path": "t/b.jsonl"})
+    assert matches(docs, {"data.documents": "t/a.jsonl", "wrapper.name": "none"})
+
+
 # -- hand-made runs: absorption against the declared control -------------------------------------
 
 
