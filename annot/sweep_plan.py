@@ -453,7 +453,9 @@ def plan(sweep: Sweep, count: int | None = None, seed: int = 0) -> list[Cell]:
 
     grid: the cartesian product of the parameters (first varies slowest), cut at run_cap if set.
     random: `count` (else run_cap) draws from random.Random(seed).
-    With controls, each wrapped cell's plain control comes right before the first cell needing it.
+    With controls, each wrapped cell's plain control comes right before the first cell needing it;
+    with a declared `control`, each cell's declared control does (annot.declared_control), and a
+    declaration that matches no drawn cell is an error.
     Cells whose resolved configs are equal run once (the first keeps its place and name).
     """
     if sweep.method == "grid":
