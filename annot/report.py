@@ -233,7 +233,7 @@ def write_report(df: pd.DataFrame, plots: list[Path], out: Path, title: str, set
                 seen_base.add((model, target))
                 s0 = shown[(shown["model"] == model) & (shown["target"] == target) & (shown["claim"] == target)
                            & (shown["step"] == 0) & (shown["measure"] == measure) & (shown["kind"] == POOLED)
-                           & shown["condition"].isin(plain)]
+                           & shown["condition"].isin(plain or set(shown["condition"]))]  # no control: any run's
                 r0, p0 = _lookup(s0, metric="rate"), _lookup(s0, metric="mean_p")
                 if r0 is not None:
                     rows.append([model, target, "base model (step 0)", "", 0, "", format_cell(r0), format_cell(p0),
