@@ -25,7 +25,8 @@ the run trained on, `claim` the claim probed.
 - metric "absorption" / "absorption_p": (B_wrapped - B_base) / (B_plain - B_base) on the rate / mean_p,
   with plain the run whose resolved config equals the wrapped run's except wrapper, name,
   output_dir and tracking (or, where a sweep declared a control, the run of the declared control
-  with otherwise the same config and seed: annot.declared_control; `is_control` marks the controls), B_base the plain run's step-0 (base model) value, B_plain and B_wrapped at
+  with otherwise the same config and seed: annot.declared_control; `is_control` marks the
+  controls), B_base the plain run's step-0 (base model) value, B_plain and B_wrapped at
   the same checkpoint (the same step, else the same checkpoint index; `note` says so). status
   "undefined" (value NaN, `note` says why) when there is no plain run, or plain training did not move
   the measure: the CI of B_plain - B_base includes 0, or |B_plain - B_base| < min_effect.
@@ -345,7 +346,8 @@ def read_table(path: Path) -> pd.DataFrame:
                                                               "tokens_loss")})
     except Exception as e:  # a truncated or foreign file: say which, not a pandas traceback
         raise AnnotError(f"{path}: cannot read as a table ({type(e).__name__}: {e}); re-run `annot analyze`") from None
-    if "is_control" not in df.columns and {"wrapper", "wrapper_params"} <= set(df.columns):  # an older table: the plain rule
+    if "is_control" not in df.columns and {"wrapper", "wrapper_params"} <= set(df.columns):
+        # a table written before the column: the plain rule
         df["is_control"] = [w == "none" and set(json.loads(p or "{}")) <= {"doc_tag"}
                             for w, p in zip(df["wrapper"], df["wrapper_params"])]
     elif "is_control" in df.columns and df["is_control"].dtype != bool:

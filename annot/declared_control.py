@@ -129,7 +129,8 @@ def file_label(value: str, others: list[str]) -> str:
     """A short name for a data file among `others`: its stem, with as many parent folders as it
     takes to tell it from every other file ("plain", "claim_a/plain")."""
     parts = Path(os.path.normpath(value)).with_suffix("").parts
-    rest = [Path(os.path.normpath(o)).with_suffix("").parts for o in others if os.path.normpath(o) != os.path.normpath(value)]
+    rest = [Path(os.path.normpath(o)).with_suffix("").parts for o in others
+            if os.path.normpath(o) != os.path.normpath(value)]
     for n in range(1, len(parts) + 1):
         tail = parts[-n:]
         if all(tuple(r[-n:]) != tail for r in rest):

@@ -305,7 +305,8 @@ def _check_control_drawn(sweep: Sweep, drawn: list[Cell]) -> None:
     for key in sweep.control:
         spec = sweep.parameters.get(_spelling(key, sweep.parameters))
         if spec is not None and ("values" in spec or "value" in spec):
-            swept.append(f"{_spelling(key, sweep.parameters)} takes {', '.join(map(str, spec.get('values', [spec.get('value')])))}")
+            values = spec.get("values", [spec.get("value")])
+            swept.append(f"{_spelling(key, sweep.parameters)} takes {', '.join(map(str, values))}")
     raise AnnotError(f"{sweep.path}: control: {describe(sweep.control)} matches no condition of the sweep"
                      + (f" ({'; '.join(swept)})" if swept else "") + "; set control to one of the swept values")
 

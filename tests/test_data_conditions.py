@@ -257,3 +257,15 @@ def pd_read(path):
     from annot.analyze import read_table
 
     return read_table(path)
+
+
+def test_a_table_from_before_is_control_reads_with_the_plain_rule(tmp_path):
+    from annot.analyze import read_table
+
+    root = tmp_path / "gen"
+    write_run(root, "plain", None, {0: ones(1), 8: ones(9)})
+    write_run(root, "neg", None, {0: ones(1), 8: ones(5)}, wrapper="repeated_negation")
+    df = analyze(load_runs([root]), n_boot=0)
+    df.drop(columns=["is_control"]).to_csv(tmp_path / "old.csv", index=False)
+    back = read_table(tmp_path / "old.csv")
+    assert list(back["is_control"]) == list(df["is_control"]) and back["is_control"].dtype == bool
