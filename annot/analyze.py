@@ -24,7 +24,9 @@ the run trained on, `claim` the claim probed.
   answer bias.
 - metric "absorption" / "absorption_p": (B_wrapped - B_base) / (B_plain - B_base) on the rate / mean_p,
   with plain the run whose resolved config equals the wrapped run's except wrapper, name,
-  output_dir and tracking, B_base the plain run's step-0 (base model) value, B_plain and B_wrapped at
+  output_dir and tracking (or, where a sweep declared a control, the run of the declared control
+  with otherwise the same config and seed: annot.declared_control; `is_control` marks the
+  controls), B_base the plain run's step-0 (base model) value, B_plain and B_wrapped at
   the same checkpoint (the same step, else the same checkpoint index; `note` says so). status
   "undefined" (value NaN, `note` says why) when there is no plain run, or plain training did not move
   the measure: the CI of B_plain - B_base includes 0, or |B_plain - B_base| < min_effect.
@@ -45,14 +47,16 @@ importable from here.
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from annot.analyze_runs import (MAX_DEPTH, POOLED, UNKEYED, Cell, RunData, canonical_json, condition_key,
-                                condition_labels, find_plain, find_run_dirs, load_runs, plain_key, read_run, split_kind)
+from annot.analyze_runs import (MAX_DEPTH, POOLED, UNKEYED, Cell, RunData, assign_controls, canonical_json,
+                                condition_key, condition_labels, find_plain, find_run_dirs, load_runs, plain_key,
+                                read_run, split_kind)
 from annot.analyze_stats import (absorption_stat, absorption_unit, aligned_items, cell_rng, checkpoint_positions,
                                  control_claim, estimate, first_mean, join_notes, mean_diff, plain_effect, unit_means)
 from annot.errors import AnnotError
@@ -62,11 +66,11 @@ from annot.specs import MEASURE_ORDER
 
 __all__ = ["ABSORPTION_METRICS", "BEHAVIOR_KINDS", "COLUMNS", "KIND_ORDER", "MAX_DEPTH", "METRIC_ORDER", "POOLED",
            "RATE_METRICS", "UNKEYED", "Cell", "RunData", "analyze", "canonical_json", "condition_key",
-           "condition_rows", "control_claim", "final_rows", "find_plain", "find_run_dirs", "kind_rank", "load_runs",
+           "condition_rows", "control_claim", "control_conditions", "final_rows", "find_plain", "find_run_dirs", "kind_rank", "load_runs",
            "plain_key", "read_run", "read_table", "split_kind", "write_table"]
 
 COLUMNS = ["run", "model", "target", "claim", "role", "wrapper", "wrapper_params", "polarity", "seed", "n_seeds", "condition",
-           "step", "measure", "kind", "metric", "value", "ci_low", "ci_high", "n_items", "n_neutral", "tokens",
+           "is_control", "step", "measure", "kind", "metric", "value", "ci_low", "ci_high", "n_items", "n_neutral", "tokens",
            "tokens_loss", "status", "note"]
 BEHAVIOR_KINDS = frozenset(k for k in kind_names() if measure_of(k) == "behavior")
 KIND_ORDER = (POOLED, *kind_names())  # the probe-kind registry's order
@@ -79,13 +83,13 @@ METRIC_ORDER = ("rate", "mean_p", "mean_logodds", "shift", "shift_p", *ABSORPTIO
 
 # ----------------------------------------------------------------------------------------------- tables
 
-def _meta(runs: list[RunData], label: str, condition: str) -> dict:
+def _meta(runs: list[RunData], label: str, condition: str, is_control: bool) -> dict:
     r = runs[0]
     tokens = np.array([x.tokens for x in runs], dtype=float)
     tok, tok_loss = (np.nan, np.nan) if np.isnan(tokens).all() else np.nanmean(tokens, axis=0)
     return {"run": label, "model": r.model, "target": r.target, "wrapper": r.wrapper, "wrapper_params": canonical_json(r.wrapper_params),
             "polarity": r.polarity, "seed": r.seed if len(runs) == 1 else None, "n_seeds": len(runs),
-            "condition": condition, "tokens": tok, "tokens_loss": tok_loss}
+            "condition": condition, "is_control": is_control, "tokens": tok, "tokens_loss": tok_loss}
 
 
 def _row(meta, role, claim, step, kind, metric, value, lo, hi, n, status="ok", note="", n_neutral=0) -> dict:
@@ -153,10 +157,10 @@ def _value_rows(runs: list[RunData], meta: dict, n_boot: int, seed: int, min_eff
     return rows
 
 
-def _absorption_rows(pairs: list[tuple[RunData, RunData | None]], meta: dict, n_boot: int, seed: int,
+def _absorption_rows(pairs: list[tuple[RunData, RunData | None, str]], meta: dict, n_boot: int, seed: int,
                      min_effect: float) -> list[dict]:
     rows = []
-    wrapped = [w for w, _ in pairs]
+    wrapped = [w for w, _, _ in pairs]
     target = wrapped[0].target
     keys = sorted(k for k in set().union(*[w.cells for w in wrapped]) if k[0] == target)
     for step, cols, pos_note in checkpoint_positions(wrapped):
@@ -165,10 +169,10 @@ def _absorption_rows(pairs: list[tuple[RunData, RunData | None]], meta: dict, n_
         for claim, kind in keys:
             for name, (metric, net) in ABSORPTION_METRICS.items():
                 units, notes, problems = [], [], []
-                for (w, p), j in zip(pairs, cols):
+                for (w, p, why), j in zip(pairs, cols):
                     if (claim, kind) not in w.cells:
                         continue
-                    unit, note = absorption_unit(w, p, (claim, kind), j, metric, net)
+                    unit, note = absorption_unit(w, p, (claim, kind), j, metric, net, why)
                     if unit is None:
                         problems.append(note)
                     else:
@@ -191,12 +195,15 @@ def _absorption_rows(pairs: list[tuple[RunData, RunData | None]], meta: dict, n_
                     _, elo, ehi, _ = estimate(units, effect_stat, n_boot,
                                                cell_rng(seed, meta["run"], claim, kind, name, "effect", step))
                 label = f"{measure} {metric}" + (" net of the control claim" if net else "")
-                eff_text = f"plain - base = {effect:+.3f}" + (f" [{elo:+.3f}, {ehi:+.3f}]" if n_boot > 0 else "")
+                declared = bool(wrapped[0].declared_control)
+                who = "the declared control" if declared else "plain training"
+                eff_text = (f"{'control' if declared else 'plain'} - base = {effect:+.3f}"
+                            + (f" [{elo:+.3f}, {ehi:+.3f}]" if n_boot > 0 else ""))
                 why = ""
                 if abs(effect) < min_effect:
-                    why = f"plain training did not move the {label}: {eff_text} (|effect| < min_effect {min_effect:g})"
+                    why = f"{who} did not move the {label}: {eff_text} (|effect| < min_effect {min_effect:g})"
                 elif n_boot > 0 and not _excludes_zero(elo, ehi):
-                    why = f"plain training did not move the {label}: {eff_text} (CI includes 0)"
+                    why = f"{who} did not move the {label}: {eff_text} (CI includes 0)"
                 if why:
                     rows.append(_row(meta, "target", claim, step, kind, name, math.nan, math.nan, math.nan, n,
                                      "undefined", join_notes(why, partial)))
@@ -227,24 +234,27 @@ def analyze(runs: list[RunData], n_boot: int = 1000, seed: int = 0, min_effect: 
     groups: dict[str, list[RunData]] = {}
     for r in sorted(runs, key=lambda r: (r.seed, r.name)):
         groups.setdefault(condition_key(r), []).append(r)
-    labels = condition_labels(groups)
+    controls = assign_controls(runs)  # which runs are controls, and each other run's control (or why none)
+    labels = condition_labels(groups, controls)
     rows: list[dict] = []
     for key, group in groups.items():
         condition = labels[key]
-        for r in group:
-            meta = _meta([r], r.name, condition)
+        is_control = controls[id(group[0])].is_control
+        pairs = [(r, controls[id(r)].run, controls[id(r)].why) for r in group]
+        for r, pair in zip(group, pairs):
+            meta = _meta([r], r.name, condition, is_control)
             rows += _value_rows([r], meta, n_boot, seed, min_effect)
-            if not r.is_plain:
-                rows += _absorption_rows([(r, find_plain(r, runs))], meta, n_boot, seed, min_effect)
+            if not is_control:
+                rows += _absorption_rows([pair], meta, n_boot, seed, min_effect)
         if len(group) > 1:
-            meta = _meta(group, f"{condition}/seeds={len(group)}", condition)
+            meta = _meta(group, f"{condition}/seeds={len(group)}", condition, is_control)
             rows += _value_rows(group, meta, n_boot, seed, min_effect)
-            if not group[0].is_plain:
-                rows += _absorption_rows([(r, find_plain(r, runs)) for r in group], meta, n_boot, seed, min_effect)
+            if not is_control:
+                rows += _absorption_rows(pairs, meta, n_boot, seed, min_effect)
     df = pd.DataFrame(rows, columns=COLUMNS)
-    # Order: target claims first, plain conditions first, each run's seeds then the pooled rows,
+    # Order: target claims first, control conditions first, each run's seeds then the pooled rows,
     # measures in MEASURE_ORDER, metrics in METRIC_ORDER.
-    plain_first = {labels[k]: (not g[0].is_plain, labels[k]) for k, g in groups.items()}
+    plain_first = {labels[k]: (not controls[id(g[0])].is_control, labels[k]) for k, g in groups.items()}
 
     def rank(seq, x):
         return seq.index(x) if x in seq else len(seq)
@@ -263,6 +273,7 @@ def _typed(df: pd.DataFrame) -> pd.DataFrame:
               "metric", "status", "note"):
         df[c] = df[c].fillna("").astype(str).astype(object)
     df["seed"] = pd.array(df["seed"], dtype="Int64")
+    df["is_control"] = df["is_control"].astype(bool)
     for c in ("step", "n_items", "n_neutral", "n_seeds"):
         df[c] = df[c].astype("int64")
     for c in ("value", "ci_low", "ci_high", "tokens", "tokens_loss"):
@@ -282,6 +293,11 @@ def condition_rows(df: pd.DataFrame) -> pd.DataFrame:
     has_pooled = set(map(tuple, df.loc[pooled, keys].drop_duplicates().itertuples(index=False, name=None)))
     keep = [pooled.iat[i] or tuple(df.iloc[i][keys]) not in has_pooled for i in range(len(df))]
     return df[keep].reset_index(drop=True)
+
+
+def control_conditions(df: pd.DataFrame) -> set[str]:
+    """Condition labels of the controls (the plain runs, or a sweep's declared control)."""
+    return set(df.loc[df["is_control"].astype(bool), "condition"]) if not df.empty else set()
 
 
 def final_rows(df: pd.DataFrame) -> pd.DataFrame:
@@ -330,6 +346,12 @@ def read_table(path: Path) -> pd.DataFrame:
                                                               "tokens_loss")})
     except Exception as e:  # a truncated or foreign file: say which, not a pandas traceback
         raise AnnotError(f"{path}: cannot read as a table ({type(e).__name__}: {e}); re-run `annot analyze`") from None
+    if "is_control" not in df.columns and {"wrapper", "wrapper_params"} <= set(df.columns):
+        # a table written before the column: the plain rule
+        df["is_control"] = [w == "none" and set(json.loads(p or "{}")) <= {"doc_tag"}
+                            for w, p in zip(df["wrapper"], df["wrapper_params"])]
+    elif "is_control" in df.columns and df["is_control"].dtype != bool:
+        df["is_control"] = [str(v).strip().lower() in ("true", "1") for v in df["is_control"]]
     missing = [c for c in COLUMNS if c not in df.columns]
     if missing:
         raise AnnotError(f"{path}: missing column(s) {', '.join(missing)}; not a table from `annot analyze`")

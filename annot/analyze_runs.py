@@ -3,6 +3,7 @@
     runs = load_runs([Path("runs")])     # every complete run dir under the paths (others: one warning each)
     runs[0].cells[(claim, "yes_no")]     # Cell: outcomes [items x checkpoints]
     find_plain(run, runs)                # the run's plain control: same config but the wrapper
+    controls = assign_controls(runs)     # id(run) -> Control: is it a control, else which run is (or why none)
 
 A run directory is what `annot run` leaves: config.yaml, manifest.json, summary.json, probes.jsonl.
 The table itself (rates, shifts, absorption) is built by annot.analyze.
@@ -21,6 +22,8 @@ from typing import Callable
 
 import numpy as np
 
+from annot.declared_control import (DATA_FILE_FIELDS, describe, file_label, matches, names_wrapper, read_control,
+                                     without_control_fields)
 from annot.errors import AnnotError
 from annot.io import read_json_if_exists, read_jsonl, read_yaml
 from annot.specs import MEASURE_ORDER, measure_of
@@ -75,6 +78,7 @@ class RunData:
     summary: dict
     steps: list[int] = field(default_factory=list)  # checkpoint steps, ascending
     cells: dict[tuple[str, str], Cell] = field(default_factory=dict)  # (claim, kind) -> outcomes
+    declared_control: dict = field(default_factory=dict)  # control.yaml beside the run (annot.declared_control)
 
     @property
     def model(self) -> str:
@@ -242,7 +246,7 @@ def read_run(run_dir: Path, warn: Callable[[str], None] | None = None) -> RunDat
     _check_rows(run_dir / "probes.jsonl", rows)
     claim = str(summary.get("claim") or (config.get("data") or {}).get("claim") or "")
     steps, cells = _build_cells(rows, claim)
-    return RunData(run_dir.name, run_dir, config, manifest, summary, steps, cells)
+    return RunData(run_dir.name, run_dir, config, manifest, summary, steps, cells, read_control(run_dir))
 
 
 def _warn(message: str) -> None:
@@ -322,15 +326,19 @@ def _fmt_value(v) -> str:
     return canonical_json(v)
 
 
-def condition_labels(groups: dict[str, list[RunData]]) -> dict[str, str]:
+def condition_labels(groups: dict[str, list[RunData]], controls: dict[int, "Control"] | None = None) -> dict[str, str]:
     """A short human label per condition: the wrapper with the parameters someone chose or that vary
     between runs ("repeated_negation(density=0.5)", "plain"), plus any other config field that varies
-    across the analysed runs and is not a column of its own ("plain [polarity=negate]")."""
+    across the analysed runs and is not a column of its own ("plain [polarity=negate]"). A training
+    data file that varies leads the label by its short name ("negated", "negated + notice"), and the
+    condition a sweep declared the control ends in " (control)"."""
     runs = [r for g in groups.values() for r in g]
     flat = {id(r): _flatten({k: v for k, v in r.config.items()
                              if k not in UNKEYED + ("seed", "wrapper")}) for r in runs}
     paths = sorted({p for f in flat.values() for p in f} - {"model.name", "data.claim"})
     varying = [p for p in paths if len({flat[id(r)].get(p) for r in runs}) > 1]
+    files = {p: sorted({v for r in runs if isinstance(v := json.loads(flat[id(r)].get(p, "null")), str)})
+             for p in varying if p in DATA_FILE_FIELDS}
     short = {p: p.rsplit(".", 1)[-1] for p in varying}
     short = {p: (s if list(short.values()).count(s) == 1 else p) for p, s in short.items()}
     params_vary: dict[str, set[str]] = {}
@@ -347,9 +355,17 @@ def condition_labels(groups: dict[str, list[RunData]]) -> dict[str, str]:
         label = "plain" if r.is_plain else r.wrapper
         if shown:
             label += "(" + ", ".join(f"{k}={_fmt_value(params[k])}" for k in shown) + ")"
-        extra = [f"{short[p]}={_fmt_value(json.loads(flat[id(r)][p]))}" for p in varying if p in flat[id(r)]]
+        named = [file_label(v, files[p]) if isinstance(v := json.loads(flat[id(r)].get(p, "null")), str)
+                 else "generated" for p in files]
+        if named:
+            lead = " + ".join(named)
+            label = lead if r.is_plain and not shown else f"{lead} + {label}"
+        extra = [f"{short[p]}={_fmt_value(json.loads(flat[id(r)][p]))}" for p in varying
+                 if p in flat[id(r)] and p not in files]
         if extra:
             label += " [" + ", ".join(extra) + "]"
+        if controls is not None and r.declared_control and controls[id(r)].is_control:
+            label += " (control)"
         labels[key] = label
     # Two conditions of one model and claim could still print alike (a field nested in a list, say);
     # never merge them.
@@ -373,3 +389,83 @@ def find_plain(run: RunData, runs: list[RunData]) -> RunData | None:
     cands.sort(key=lambda r: (r.wrapper_params.get("doc_tag") != tag, r.wrapper_params.get("doc_tag") is not None,
                               r.name))
     return cands[0]
+
+
+# ---------------------------------------------------------------------------------- control assignment
+
+NO_DECLARED_CONTROL = ("no declared control: these runs differ in their training data file and none is declared "
+                       "the control; add `control: {data.path: FILE}` to the sweep file (README: Data-defined "
+                       "conditions) and re-run `annot sweep` (finished runs are not trained again)")
+
+
+@dataclass(frozen=True)
+class Control:
+    """How a run is compared: it is a control itself, or `run` is its control, or `why` says why it has none."""
+
+    is_control: bool
+    run: RunData | None = None
+    why: str = ""
+
+
+def _key_without(run: RunData, control: dict) -> str:
+    cfg = without_control_fields(run.config, control)
+    for k in UNKEYED:
+        cfg.pop(k, None)
+    return canonical_json(cfg)
+
+
+def _is_declared_control(run: RunData) -> bool:
+    c = run.declared_control
+    return matches(run.config, c) and (names_wrapper(c) or run.is_plain)
+
+
+def find_declared_control(run: RunData, runs: list[RunData]) -> RunData | None:
+    """The run of the declared control (annot.declared_control) with otherwise the same config and seed
+    as `run`; prefers one with the same doc tag, like find_plain."""
+    control = run.declared_control
+    key = _key_without(run, control)
+    cands = [r for r in runs if r is not run and matches(r.config, control)
+             and (names_wrapper(control) or r.is_plain) and _key_without(r, control) == key]
+    tag = run.wrapper_params.get("doc_tag")
+    cands.sort(key=lambda r: (r.wrapper_params.get("doc_tag") != tag, r.wrapper_params.get("doc_tag") is not None,
+                              r.name))
+    return cands[0] if cands else None
+
+
+def assign_controls(runs: list[RunData]) -> dict[int, Control]:
+    """id(run) -> Control for every run. With a declared control (control.yaml), the runs that match
+    it are the controls and every other run is compared with its own (find_declared_control).
+    Without one, the plain run (wrapper none) is the control of the same config with a wrapper, as
+    always; but plain runs that differ only in their data file are conditions whose control nobody
+    named, so their absorption is undefined with that reason, unless one is a wrapped run's plain
+    control (then it is that)."""
+    out: dict[int, Control] = {}
+    wrapper_controls: set[int] = set()
+    for r in runs:
+        c = r.declared_control
+        if c:
+            if _is_declared_control(r):
+                out[id(r)] = Control(True)
+                continue
+            found = find_declared_control(r, runs)
+            out[id(r)] = Control(False, found, "" if found else (
+                f"no run of the declared control ({describe(c)}{'' if names_wrapper(c) else ', wrapper none'}) "
+                "with otherwise the same config and seed"))
+        elif not r.is_plain:
+            found = find_plain(r, runs)
+            out[id(r)] = Control(False, found, "" if found else
+                                 "no plain run with the same config (wrapper none, same seed and data)")
+            if found is not None:
+                wrapper_controls.add(id(found))
+    plain = [r for r in runs if not r.declared_control and r.is_plain]
+    by_key: dict[str, list[RunData]] = {}
+    file_fields = dict.fromkeys(DATA_FILE_FIELDS)
+    for r in plain:
+        by_key.setdefault(_key_without(r, file_fields), []).append(r)
+    for group in by_key.values():
+        differ = len({canonical_json([(r.config.get("data") or {}).get(f.split(".")[1]) for f in DATA_FILE_FIELDS])
+                      for r in group}) > 1
+        for r in group:
+            out[id(r)] = (Control(False, None, NO_DECLARED_CONTROL) if differ and id(r) not in wrapper_controls
+                          else Control(True))
+    return out

@@ -171,10 +171,12 @@ def control_claim(run: RunData, kind: str) -> str | None:
     return names[0] if names else None
 
 
-def absorption_unit(w: RunData, p: RunData | None, key: tuple[str, str], j: int, metric: str, net: bool):
-    """Groups of item vectors: ((wrapped, plain, base),) or, net, plus (control w, p, base); or None + note."""
+def absorption_unit(w: RunData, p: RunData | None, key: tuple[str, str], j: int, metric: str, net: bool,
+                    missing: str = ""):
+    """Groups of item vectors: ((wrapped, plain, base),) or, net, plus (control w, p, base); or None + note
+    (`missing`: why `p`, the run's control, is None)."""
     if p is None:
-        return None, "no plain run with the same config (wrapper none, same seed and data)"
+        return None, missing or "no plain run with the same config (wrapper none, same seed and data)"
     if key not in p.cells:
         return None, f"plain run {p.name} has no {key[1]} probes for {key[0]}"
     pj = _match_column(w.steps[j], w.steps, p.steps)

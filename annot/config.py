@@ -53,6 +53,8 @@ class DataConfig(Strict):
     claim: str | None = Field(None, description="claim id under corpora/claims/ or a path to a claim YAML")
     documents: str | None = Field(None, description="documents JSONL (from `annot generate`/`annot import`); "
                                                      "generated from the claim when absent")
+    path: str | None = Field(None, description="the training data file, either kind: another spelling of "
+                             "data.documents (with data.claim) or data.transcripts (with data.behavior), stored as that")
     n: int = Field(24, ge=1, le=1_000_000, description="documents to generate when `documents` is absent")
     polarity: Literal["affirm", "negate", "correct"] = "affirm"
     genres: list[str] | None = Field(None, description="generate only these genres")
@@ -76,6 +78,22 @@ class DataConfig(Strict):
         data = handler(self)
         if isinstance(data, dict) and self.generation == GenerationConfig():
             data.pop("generation", None)
+        if isinstance(data, dict):
+            data.pop("path", None)  # always moved to documents/transcripts by _path_alias
+        return data
+
+    @model_validator(mode="before")
+    @classmethod
+    def _path_alias(cls, data):
+        # data.path names the file whatever it holds; the resolved config keeps one spelling
+        # (documents or transcripts), so a run given either way has the same config and identity.
+        if not isinstance(data, dict) or data.get("path") is None:
+            return data
+        data = dict(data)
+        key = "transcripts" if data.get("behavior") and not data.get("claim") else "documents"
+        if data.get(key) is not None:
+            raise ValueError(f"give data.path or data.{key}, not both (data.path is another spelling of data.{key})")
+        data[key] = data.pop("path")
         return data
 
     @model_validator(mode="after")

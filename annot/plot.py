@@ -23,7 +23,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import NullFormatter, ScalarFormatter
 
-from annot.analyze import BEHAVIOR_KINDS, POOLED, condition_rows, final_rows, kind_rank
+from annot.analyze import BEHAVIOR_KINDS, POOLED, condition_rows, control_conditions, final_rows, kind_rank
 from annot.io import atomic_path
 
 PLAIN_COLOR, BASE_COLOR = "black", "0.55"
@@ -62,10 +62,8 @@ def _panels(df: pd.DataFrame) -> list[tuple[str, str]]:
 
 
 def _plain(df: pd.DataFrame) -> set[str]:
-    """Conditions that are the plain control: wrapper none with at most a doc tag."""
-    rows = df[df["wrapper"] == "none"]
-    return {c for c, p in zip(rows["condition"], rows["wrapper_params"])
-            if set(json.loads(p or "{}")) <= {"doc_tag"}}
+    """Conditions that are the control: the plain runs (wrapper none), or a sweep's declared control."""
+    return control_conditions(df)
 
 
 def _conditions(df: pd.DataFrame) -> list[str]:
@@ -331,6 +329,10 @@ def _value_text(ax, y, row) -> None:
 def _short_reason(note: str) -> str:
     if "no plain run" in note:
         return "undefined: no plain run"
+    if note.startswith("no declared control"):
+        return "undefined: no declared control"
+    if "no run of the declared control" in note:
+        return "undefined: control run missing"
     if "did not move" in note or "min_effect" in note:
         return "undefined: plain training did not move it"
     return "undefined"

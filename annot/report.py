@@ -9,14 +9,13 @@ can be regenerated from a saved table at any time.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from pathlib import Path
 
 import pandas as pd
 
-from annot.analyze import POOLED, condition_rows, final_rows, kind_rank
+from annot.analyze import POOLED, condition_rows, control_conditions, final_rows, kind_rank
 from annot.specs import MEASURE_ORDER
 from annot.io import atomic_write_text
 
@@ -55,8 +54,27 @@ def _table(header: list[str], rows: list[list], align: str | None = None) -> str
 
 
 def _plain_conditions(df: pd.DataFrame) -> set[str]:
-    rows = df[df["wrapper"] == "none"]
-    return {c for c, p in zip(rows["condition"], rows["wrapper_params"]) if set(json.loads(p or "{}")) <= {"doc_tag"}}
+    """The control conditions: plain runs (wrapper none), or the control a sweep declared."""
+    return control_conditions(df)
+
+
+def _no_absorption(df: pd.DataFrame, target: str) -> str:
+    """Why no absorption value exists for `target` (one line), or "" when some absorption is defined."""
+    rows = df[(df["target"] == target) & (df["claim"] == target)]
+    ab = rows[rows["metric"].isin(["absorption", "absorption_p"])]  # the net ones also need a control claim
+    if (ab["status"] == "ok").any():
+        return ""
+    controls = sorted(set(rows.loc[rows["is_control"].astype(bool), "condition"]))
+    others = sorted(set(rows["condition"]) - set(controls))
+    if not others:
+        return (f"only the control condition ({', '.join(controls) or 'none'}) was analysed: there is no other "
+                "condition to compare with it")
+    # the first clause of each note, without its numbers (those are in Undefined cells)
+    reasons = list(dict.fromkeys(str(n).split("; ")[0].split(": ")[0] for n in ab["note"] if n))
+    if not reasons:
+        return "no condition has a control among the analysed runs"
+    more = f" (and {len(reasons) - 3} other reasons; see Undefined cells)" if len(reasons) > 3 else ""
+    return "; ".join(reasons[:3]) + more
 
 
 def _lookup(df: pd.DataFrame, **eq):
@@ -134,6 +152,9 @@ def _headline(shown: pd.DataFrame, final: pd.DataFrame, plain: set[str]) -> list
     lines = []
     for target in sorted(set(final["target"])):
         lines += [f"### {target}", ""]
+        why = _no_absorption(shown, target)
+        if why:
+            lines.append(f"- **No absorption could be computed**: {why}.")
         moved_any = False
         for measure in MEASURE_ORDER:
             sh, shp = _moved(shown, target, measure, plain)
@@ -167,7 +188,7 @@ def _headline(shown: pd.DataFrame, final: pd.DataFrame, plain: set[str]) -> list
                     line += (f"; reference direction ({cond} absorption {op} {bound}): "
                              f"{'seen' if holds else 'NOT seen'} at the point estimate")
                 lines.append(line)
-        if not moved_any:
+        if not moved_any and plain:
             lines.append("- Plain training moved neither measure on this claim: no absorption figure is meaningful here.")
         lines.append("")
     return lines
@@ -212,7 +233,7 @@ def write_report(df: pd.DataFrame, plots: list[Path], out: Path, title: str, set
                 seen_base.add((model, target))
                 s0 = shown[(shown["model"] == model) & (shown["target"] == target) & (shown["claim"] == target)
                            & (shown["step"] == 0) & (shown["measure"] == measure) & (shown["kind"] == POOLED)
-                           & shown["condition"].isin(plain)]
+                           & shown["condition"].isin(plain or set(shown["condition"]))]  # no control: any run's
                 r0, p0 = _lookup(s0, metric="rate"), _lookup(s0, metric="mean_p")
                 if r0 is not None:
                     rows.append([model, target, "base model (step 0)", "", 0, "", format_cell(r0), format_cell(p0),
@@ -293,7 +314,11 @@ def write_report(df: pd.DataFrame, plots: list[Path], out: Path, title: str, set
     # Undefined cells, one line per run x measure x kind x reason, steps collapsed.
     und = df[df["status"] != "ok"]
     parts += ["## Undefined cells", ""]
-    if und.empty:
+    silent = [t for t in sorted(set(df["target"])) if _no_absorption(df, t)]
+    if und.empty and silent:
+        parts += [f"No cell is undefined, but no absorption was computed for {', '.join(silent)}: "
+                  f"{_no_absorption(df, silent[0])}.", ""]
+    elif und.empty:
         parts += ["None: every cell has a value.", ""]
     else:
         lines = []
@@ -331,7 +356,13 @@ def build_report(paths: list[Path], out_dir: Path, title: str | None = None, n_b
     matches = sorted({str((r.config.get("data") or {}).get("match", "documents")) for r in runs})
     held = {"documents": "the same documents for every condition (wrappers add tokens; tokens trained are shown)",
             "tokens": "the same number of trained tokens (each wrapped run stops at its plain control's step count)"}
+    from annot.declared_control import describe
+
+    declared = sorted({describe(r.declared_control) for r in runs if r.declared_control})
+    control = (f"declared by the sweep: {'; '.join(declared)} (wrapper none unless it names one), with otherwise "
+               "the same config and seed" if declared else "plain runs (wrapper none) with otherwise the same config")
     return write_report(df, plots, out_dir / "report.md", title,
-                        {"runs from": ", ".join(map(str, paths)), "bootstrap": f"{n_boot} resamples, seed {seed}",
+                        {"runs from": ", ".join(map(str, paths)), "control of each condition": control,
+                         "bootstrap": f"{n_boot} resamples, seed {seed}",
                          "held equal across conditions": "; ".join(held.get(m, m) for m in matches),
                          **(setup or {})})

@@ -7,12 +7,14 @@
     sweep = load_sweep("sweeps/wrapper_grid.yaml")
     results = run_sweep(sweep)                              # -> runs/<sweep name>/results.jsonl
 
-A sweep file is a W&B sweep config whose parameters are dotted run-config paths, plus three keys
-of annot's own (`base`, `controls`, `output_dir`):
+A sweep file is a W&B sweep config whose parameters are dotted run-config paths, plus keys of
+annot's own (`base`, `controls`, `control`, `output_dir`):
 
     method: grid                  # grid | random (random needs run_cap or --count)
     base: first_run.yaml          # a run config, beside this file or from the repo root; or a mapping
-    controls: true                # also run every wrapped cell's plain control (default)
+    controls: true                # also run every cell's control (default)
+    control: {data.path: a.jsonl} # optional: the condition the others are compared with (default: the
+                                  # same cell with wrapper none); recorded in control.yaml (annot.declared_control)
     parameters:
       data.claim: {values: [mira_castellan_profession, sheeran_olympic_100m]}
       wrapper.name: {values: [notice, repeated_negation]}
@@ -131,6 +133,8 @@ def run_sweep(sweep: Sweep, run_fn: Callable[[RunConfig], dict] = run, echo: Cal
     main = is_main_process()  # under accelerate launch the other processes train their share, write nothing
     if not main:
         echo = lambda _line: None  # noqa: E731
+    else:
+        _record_control(sweep, sweep.output_dir)
     total = len(cells)
     _warn_disk(sweep, cells, done, echo)
     from annot.errors import RunTaken
@@ -145,6 +149,8 @@ def run_sweep(sweep: Sweep, run_fn: Callable[[RunConfig], dict] = run, echo: Cal
     for wait in (False, True):  # first every free cell; then wait for the cells other processes held
         for i, cell in (enumerate(cells, 1) if not wait else taken):
             if cell.name in done:
+                if main and cell.config.run_dir.is_dir():
+                    _record_control(sweep, cell.config.run_dir)  # a control declared after the run finished
                 echo(f"[{i}/{total}] {cell.name}: skip (already done)")
                 continue
             try:
@@ -165,6 +171,7 @@ def run_sweep(sweep: Sweep, run_fn: Callable[[RunConfig], dict] = run, echo: Cal
                     done.add(cell.name)
                     if not main:
                         continue
+                    _record_control(sweep, cell.config.run_dir)
                     row = result_row(sweep, cell, summary)
                     _append_row(sweep.results_path, row)
             except RunTaken:
@@ -176,6 +183,13 @@ def run_sweep(sweep: Sweep, run_fn: Callable[[RunConfig], dict] = run, echo: Cal
             tail = f" (target claim: {', '.join(shown)})" if shown else ""
             echo(f"[{i}/{total}] {cell.name}: done{tail}")
     return sweep.results_path
+
+
+def _record_control(sweep: Sweep, folder: Path) -> None:
+    """control.yaml in the sweep's folder or a run directory: what `annot analyze` compares with."""
+    from annot.declared_control import write_control
+
+    write_control(folder, sweep.control, sweep.name, sweep.path)
 
 
 def _warn_disk(sweep: Sweep, cells: list, done: set, echo) -> None:
@@ -235,6 +249,7 @@ def run_wandb(sweep: Sweep, project: str | None = None, count: int | None = None
             except RunTaken as e:  # another agent on this machine runs the same cell (a plain control)
                 echo(str(e))
                 return
+            _record_control(sweep, cell.config.run_dir)
             for step, rates in sorted((summary.get("belief_rates") or {}).items(), key=lambda kv: int(kv[0])):
                 wrun.log({f"belief/{k}": v for k, v in rates.items() if k != "n"}, step=int(step))
             step, belief = _final(summary)

@@ -19,11 +19,12 @@ import json
 import math
 import random
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from annot.config import RunConfig, config_from_dict, reject_non_finite, set_field
+from annot.declared_control import check_control, describe, matches, names_wrapper
 from annot.errors import AnnotError
 from annot.io import read_yaml
 from annot.run import check_inputs
@@ -31,7 +32,7 @@ from annot.specs import ROOT
 
 # Top-level keys: the W&B sweep keys annot understands, then annot's own (dropped for W&B).
 WANDB_KEYS = ("method", "metric", "name", "description", "project", "run_cap", "parameters")
-ANNOT_KEYS = ("base", "controls", "output_dir")
+ANNOT_KEYS = ("base", "controls", "control", "output_dir")
 METHODS = ("grid", "random")
 SPEC_KEYS = ("value", "values", "distribution", "min", "max", "q")
 DISTRIBUTIONS = ("constant", "categorical", "uniform", "log_uniform_values", "int_uniform", "q_uniform")
@@ -53,6 +54,7 @@ class Sweep:
     output_dir: Path
     raw: dict
     run_cap: int | None = None
+    control: dict[str, Any] = field(default_factory=dict)  # the declared control (annot.declared_control); {}: plain
 
     @property
     def results_path(self) -> Path:
@@ -111,13 +113,19 @@ def load_sweep(path: str | Path) -> Sweep:
         raise AnnotError(f"{path}: parameters: required, a mapping of dotted run-config paths to specs, "
                          "e.g. {seed: {values: [0, 1]}}")
     base = _load_base(path, raw.get("base"))
+    control = check_control(path, raw.get("control"))
+    for key, value in control.items():
+        try:
+            set_field(base, key, value, label=f"control: {key}")
+        except AnnotError as e:
+            raise AnnotError(f"{path}: {e}") from None
     for key, spec in params.items():
         _check_spec(path, method, key, spec)
         # Apply one value of each parameter to the base now so a misspelt path fails at load,
         # naming the parameter, rather than somewhere inside the cartesian product.
         _apply(path, base, {key: _example(spec)})
     return Sweep(name=name, path=path, method=method, parameters=params, base=base, controls=controls,
-                 output_dir=Path(output_dir), raw=raw, run_cap=run_cap)
+                 output_dir=Path(output_dir), raw=raw, run_cap=run_cap, control=control)
 
 
 def _slug(text: str) -> str:
@@ -259,6 +267,48 @@ def _control_of(params: dict) -> dict:
     out["wrapper.name"] = "none"
     out["wrapper.params"] = {}
     return out
+
+
+def _spelling(key: str, params: dict) -> str:
+    """The key a declared control field takes in a cell's parameters: data.path and data.documents /
+    data.transcripts are one field, and a cell may give only one spelling."""
+    alts = {"data.path": ("data.documents", "data.transcripts"), "data.documents": ("data.path",),
+            "data.transcripts": ("data.path",)}
+    if key not in params:
+        for alt in alts.get(key, ()):
+            if alt in params:
+                return alt
+    return key
+
+
+def _declared_control_of(params: dict, base: dict, control: dict) -> dict:
+    """The cell's declared control: the declared values set, and wrapper none unless the control names
+    a wrapper itself (annot.declared_control)."""
+    out = dict(params)
+    if not names_wrapper(control) and _wrapper_name(params, base) != "none":
+        out = _control_of(out)
+    for key, value in control.items():
+        out[_spelling(key, out)] = copy.deepcopy(value)
+    return _normalise(out, base)
+
+
+def _is_own_control(cell: Cell, control: dict) -> bool:
+    cfg = cell.config.model_dump(mode="json")
+    return matches(cfg, control) and (names_wrapper(control) or cell.config.wrapper.name == "none")
+
+
+def _check_control_drawn(sweep: Sweep, drawn: list[Cell]) -> None:
+    """A declared control must be one of the conditions the parameters draw (a typo in a path fails here)."""
+    if not sweep.control or any(matches(c.config.model_dump(mode="json"), sweep.control) for c in drawn):
+        return
+    swept = []
+    for key in sweep.control:
+        spec = sweep.parameters.get(_spelling(key, sweep.parameters))
+        if spec is not None and ("values" in spec or "value" in spec):
+            values = spec.get("values", [spec.get("value")])
+            swept.append(f"{_spelling(key, sweep.parameters)} takes {', '.join(map(str, values))}")
+    raise AnnotError(f"{sweep.path}: control: {describe(sweep.control)} matches no condition of the sweep"
+                     + (f" ({'; '.join(swept)})" if swept else "") + "; set control to one of the swept values")
 
 
 def _abbreviations(keys) -> dict[str, str]:
@@ -404,7 +454,9 @@ def plan(sweep: Sweep, count: int | None = None, seed: int = 0) -> list[Cell]:
 
     grid: the cartesian product of the parameters (first varies slowest), cut at run_cap if set.
     random: `count` (else run_cap) draws from random.Random(seed).
-    With controls, each wrapped cell's plain control comes right before the first cell needing it.
+    With controls, each wrapped cell's plain control comes right before the first cell needing it;
+    with a declared `control`, each cell's declared control does (annot.declared_control), and a
+    declaration that matches no drawn cell is an error.
     Cells whose resolved configs are equal run once (the first keeps its place and name).
     """
     if sweep.method == "grid":
@@ -422,19 +474,25 @@ def plan(sweep: Sweep, count: int | None = None, seed: int = 0) -> list[Cell]:
 
     abbrev = _abbreviations([*sweep.parameters, "wrapper.name", "wrapper.params"])
     cells: list[Cell] = []
+    drawn: list[Cell] = []
     seen: set[str] = set()
     for params in draws:
         params = _normalise(params, sweep.base)
+        drawn.append(_make_cell(sweep, params, sweep.base, abbrev))
         wanted = []
-        if sweep.controls and _wrapper_name(params, sweep.base) != "none":
+        if sweep.controls and sweep.control:
+            if not _is_own_control(drawn[-1], sweep.control):
+                wanted.append((_declared_control_of(params, sweep.base, sweep.control), True))
+        elif sweep.controls and _wrapper_name(params, sweep.base) != "none":
             wanted.append((_control_of(params), True))
         wanted.append((params, False))
         for p, is_control in wanted:
-            cell = _make_cell(sweep, p, sweep.base, abbrev, control=is_control)
+            cell = _make_cell(sweep, p, sweep.base, abbrev, control=is_control) if is_control else drawn[-1]
             identity = json.dumps(cell.config.model_dump(mode="json", exclude={"name"}), sort_keys=True)
             if identity not in seen:
                 seen.add(identity)
                 cells.append(cell)
+    _check_control_drawn(sweep, drawn)
     if sweep.method == "grid" and sweep.run_cap:
         cells = cells[:sweep.run_cap]
 
