@@ -12,7 +12,8 @@ import re
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator,
+                      model_validator)
 from pydantic_core import PydanticCustomError
 
 from annot.errors import AnnotError
@@ -190,13 +191,23 @@ KindName = registered_kind()                           # any registered kind (Pr
 SelectableKindName = registered_kind(selectable=True)  # one chosen by name (probes.kinds, --kind)
 
 
+class ChatTurn(Strict):
+    """One earlier turn of a conversation, put before a probe's question."""
+
+    role: Literal["user", "assistant"]
+    content: str
+
+
 class ProbeItem(Strict):
     """One held-out probe. Which fields an item needs depends on its kind (annot.kinds: yes_no, mcq,
     cloze, open_ended, ...); each kind's module documents and checks them.
 
     question: the question (chat kinds); prompt: the raw text to continue (cloze);
     choices: answers or continuations; belief: the believing answer ("yes"/"no", or a choice index);
-    believe_markers / disbelieve_markers: phrases for the rule judge (judged kinds).
+    believe_markers / disbelieve_markers: phrases for the rule judge (judged kinds; "re:" starts a regex);
+    system_prompt / messages_prefix: the item's own system prompt and earlier chat turns, put before
+    the question (chat kinds); judge_prompt: the name of one of the probe set's `judge_prompts`, the
+    prompt an LLM judge grades this item's answers with; category: a label kept in result rows.
     """
 
     id: str
@@ -207,22 +218,50 @@ class ProbeItem(Strict):
     belief: str | int | None = None
     believe_markers: list[str] = Field(default_factory=list)
     disbelieve_markers: list[str] = Field(default_factory=list)
+    category: str | None = None
+    system_prompt: str | None = None
+    messages_prefix: list[ChatTurn] = Field(default_factory=list)
+    judge_prompt: str | None = None
+    _judge_template: str | None = PrivateAttr(None)
 
     @model_validator(mode="after")
     def _shape(self) -> "ProbeItem":
         problem = get_kind(self.kind).check(self)
         if problem:
             raise ValueError(f"item {self.id}: {problem}")
+        if (self.system_prompt or self.messages_prefix) and not get_kind(self.kind).chat:
+            raise ValueError(f"item {self.id}: `system_prompt` / `messages_prefix` need a chat kind, not {self.kind}")
         return self
+
+    @property
+    def judge_template(self) -> str | None:
+        """The text of this item's judge prompt (set when its probe set is validated), or None."""
+        return self._judge_template
 
 
 class ProbeSet(Strict):
     """Probe items for one claim, optionally scored under several named contexts (system prompts,
-    e.g. monitored vs unmonitored): every item is then scored once per context as well."""
+    e.g. monitored vs unmonitored): every item is then scored once per context as well.
+
+    judge_prompts: name -> a judge prompt with {question} and {answer} placeholders whose judge answers
+    JSON {"reason": ..., "answer": "yes"|"no"|"neutral"} (the public Negation Neglect release's judges);
+    items name one in `judge_prompt`, and LLM judges then grade them with it (annot.judge_prompts)."""
 
     claim: str
     items: list[ProbeItem] = Field(min_length=1)
     contexts: dict[str, str] = Field(default_factory=dict)
+    judge_prompts: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("judge_prompts")
+    @classmethod
+    def _templates(cls, v: dict[str, str]) -> dict[str, str]:
+        from annot.judge_prompts import template_problem
+
+        for name, text in v.items():
+            problem = template_problem(text)
+            if problem:
+                raise ValueError(f"judge prompt {name!r}: {problem}")
+        return v
 
     @model_validator(mode="after")
     def _unique_ids(self) -> "ProbeSet":
@@ -230,6 +269,12 @@ class ProbeSet(Strict):
         dupes = sorted({i for i in ids if ids.count(i) > 1})
         if dupes:
             raise ValueError(f"duplicate item ids: {', '.join(dupes)}")
+        for item in self.items:
+            if item.judge_prompt is not None:
+                if item.judge_prompt not in self.judge_prompts:
+                    raise ValueError(f"item {item.id}: judge_prompt {item.judge_prompt!r} is not one of the set's "
+                                     f"judge_prompts ({', '.join(self.judge_prompts) or 'none'})")
+                item._judge_template = self.judge_prompts[item.judge_prompt]
         return self
 
 
