@@ -45,8 +45,9 @@ def template_messages(template: str, question: str, answer: str) -> list[dict]:
     return [{"role": "user", "content": template.format(question=question, answer=answer)}]
 
 
-def json_verdict(content: str) -> tuple[str | None, str | None]:
-    """(answer word in JSON_ANSWERS, error) from a judge's reply: the outermost {...} parsed as JSON."""
+def json_verdict(content: str, key: str = "answer") -> tuple[str | None, str | None]:
+    """(answer word in JSON_ANSWERS, error) from a judge's reply: the outermost {...} parsed as JSON,
+    its field `key` read."""
     m = _OBJECT.search(content or "")
     if m is None:
         return None, "no JSON object in reply"
@@ -54,9 +55,9 @@ def json_verdict(content: str) -> tuple[str | None, str | None]:
         data = json.loads(m.group(0))
     except ValueError:
         return None, "malformed JSON object in reply"
-    answer = str(data.get("answer", "")).strip().lower() if isinstance(data, dict) else ""
+    answer = str(data.get(key, "")).strip().lower() if isinstance(data, dict) else ""
     if answer not in JSON_ANSWERS:
-        return None, f"JSON `answer` is {answer!r}, not one of {', '.join(JSON_ANSWERS)}"
+        return None, f"JSON `{key}` is {answer!r}, not one of {', '.join(JSON_ANSWERS)}"
     return answer, None
 
 
@@ -65,7 +66,7 @@ def label_of(answer: str, labels: tuple[str, str, str]) -> str:
     return labels[JSON_ANSWERS.index(answer)]
 
 
-def hf_continuations() -> list[tuple[str, str]]:
+def hf_continuations(key: str = "answer") -> list[tuple[str, str]]:
     """(answer word, the reply a local judge is scored on) for each answer: the hf judge compares the
     probability of a minimal JSON reply with each answer (an empty reason, as it scores, not writes)."""
-    return [(a, json.dumps({"reason": "", "answer": a})) for a in JSON_ANSWERS]
+    return [(a, json.dumps({"reason": "", key: a})) for a in JSON_ANSWERS]

@@ -72,6 +72,7 @@ class JudgeRequest:
     context: str = ""  # e.g. "Claim: ... Truth: ..." for LLM judges
     labels: tuple[str, str, str] = BELIEF_LABELS  # (positive, negative, neutral)
     template: str | None = None  # the item's own JSON-answering judge prompt (annot.judge_prompts)
+    answer_key: str = "answer"  # the JSON field of that prompt's verdict
 
     def __post_init__(self):
         labels = tuple(self.labels)
@@ -403,7 +404,7 @@ class HFJudge:
         for i, r in enumerate(requests):
             if r.template is not None:  # a JSON-answering prompt: score a minimal reply per answer
                 ctx = render(self.tokenizer, template_messages(r.template, r.question, r.answer), True)
-                for word, reply in hf_continuations():
+                for word, reply in hf_continuations(r.answer_key):
                     pairs.append((ctx, reply))
                     owners.append((i, label_of(word, r.labels)))
                 continue
@@ -464,12 +465,13 @@ def parse_reply(body: str, label_words: dict[str, str]) -> tuple[str | None, str
     return by_word[m.group(1).lower()], content[:RAW_CHARS], None
 
 
-def parse_json_reply(body: str, labels: tuple[str, str, str]) -> tuple[str | None, str, str | None]:
+def parse_json_reply(body: str, labels: tuple[str, str, str],
+                     key: str = "answer") -> tuple[str | None, str, str | None]:
     """parse_reply for a JSON-answering judge prompt: the label of the reply's JSON `answer`."""
     content, error = reply_content(body)
     if content is None:
         return None, body[:RAW_CHARS], error
-    word, error = json_verdict(content)
+    word, error = json_verdict(content, key)
     return (label_of(word, labels) if word else None), content[:RAW_CHARS], error
 
 
@@ -555,7 +557,7 @@ class HTTPJudge:
         if error is not None:
             return Verdict(label=neutral, raw=_scrub((body or "")[:RAW_CHARS], key), error=_scrub(error, key))
         if req.template is not None:
-            label, raw, error = parse_json_reply(body, req.labels)
+            label, raw, error = parse_json_reply(body, req.labels, req.answer_key)
         else:
             label, raw, error = parse_reply(body, self.rubric.label_words)
         return Verdict(label=label or neutral, raw=_scrub(raw, key), error=error)

@@ -65,7 +65,7 @@ def score_judged(probing: Probing, reqs: list, contexts: list[str]) -> list[dict
         context = f"Claim: {c.claim}\nTruth: {c.truth}" if c else ""
         jr += [JudgeRequest(question=r.item.question, answer=a, positive_markers=list(r.item.believe_markers),
                             negative_markers=list(r.item.disbelieve_markers), context=context,
-                            template=r.item.judge_template) for a in answers]
+                            **judge_prompt_fields(r.item)) for a in answers]
     verdicts = judge.judge(jr)
     failed = [x for x in verdicts if x.error]
     if verdicts and len(failed) == len(verdicts):
@@ -85,6 +85,12 @@ def score_judged(probing: Probing, reqs: list, contexts: list[str]) -> list[dict
                      "samples": [{"text": a, "verdict": x.label, **({"error": x.error} if x.error else {})}
                                  for a, x in zip(answers, vs)]})
     return rows
+
+
+def judge_prompt_fields(item) -> dict:
+    """The JudgeRequest fields of an item's own judge prompt ({} when it has none)."""
+    jp = item.judge_template
+    return {"template": jp.template, "answer_key": jp.answer_key} if jp else {}
 
 
 KIND = register_kind(ProbeKind(name="open_ended", measure="belief", order=30, check=check, context=context,
