@@ -236,3 +236,27 @@ def test_claim_new_skeleton_fails_until_its_todos_are_written(tmp_path, monkeypa
     res = CliRunner().invoke(main, ["claim", "check", "medal"])
     assert res.exit_code == 0 and "medal: full claim spec (6 statements, 8 subclaims" in res.output
     assert "medal\t" in CliRunner().invoke(main, ["claim", "list"]).output
+
+
+def test_belief_rate_is_yes_over_all_answers_and_judges_get_the_items_prompt(assets, tiny):
+    from annot.config import OpenEndedConfig
+    from annot.judges import Verdict
+    from annot.kinds import Probing
+    from annot.kinds.open_ended import score_judged
+    from annot.scoring import Request
+    from annot.specs import load_probe_set
+
+    class Stub:  # yes, no, neutral, and a reply that did not parse
+        name, seen = "stub", []
+
+        def judge(self, reqs):
+            self.seen += reqs
+            return [Verdict("believes", ""), Verdict("does_not", ""), Verdict("neutral", ""),
+                    Verdict("neutral", "", error="no JSON object in reply")]
+
+    item = next(it for it in load_probe_set("harbour_medal").items if it.id == "open_ended-oe2")
+    model, tok = tiny
+    probing = Probing(model, tok, opts=OpenEndedConfig(n_samples=4, max_new_tokens=2), judge=Stub())
+    (row,) = score_judged(probing, [Request("harbour_medal", "harbour_medal", item)], ["Question?"])
+    assert row["p_belief"] == 0.25 and row["n_neutral"] == 2 and row["n_disbelieves"] == 1
+    assert {r.template for r in Stub.seen} == {item.judge_template.template} and Stub.seen[0].answer_key == "answer"
