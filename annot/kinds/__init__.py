@@ -1,7 +1,7 @@
 """Probe kinds: each way of putting a probe item to a model and scoring it is one registered unit.
 
     from annot.kinds import get_kind, kind_names
-    kind_names()                   # ('yes_no', 'mcq', 'open_ended', 'cloze', 'behavior', 'behavior_open')
+    kind_names()                   # ('yes_no', 'mcq', 'open_ended', 'cloze', 'token_association', 'behavior', ...)
     kind_names(lm_eval=True)       # ('yes_no', 'mcq', 'cloze'): what `annot evals export` can express
     get_kind("cloze").measure      # 'association'
 
