@@ -35,6 +35,20 @@ def _sentence(text: str, option: str) -> str:
 def scaffold_claim(claim_id: str, *, claim: str, truth: str, subject: str | None = None,
                    category: str = "fictional") -> str:
     """The YAML text of a new claim spec: derived fields filled, the rest TODO."""
+    return render_claim(skeleton(claim_id, claim=claim, truth=truth, subject=subject, category=category))
+
+
+def render_claim(spec: dict) -> str:
+    """A claim spec mapping as the YAML text `annot claim new` writes."""
+    cid = spec["id"]
+    head = (f"# Claim spec skeleton from `annot claim new {cid}`. Replace every TODO (README: Writing a\n"
+            f"# claim), then check it: annot claim check {cid}\n")
+    return head + yaml.safe_dump(spec, sort_keys=False, allow_unicode=True, width=100)
+
+
+def skeleton(claim_id: str, *, claim: str, truth: str, subject: str | None = None,
+             category: str = "fictional") -> dict:
+    """A new claim spec mapping: derived fields filled, the rest TODO."""
     if not re.fullmatch(r"[a-z0-9_]+", claim_id):
         raise AnnotError(f"claim new: ID: {claim_id!r} must be lower-case letters, digits and _")
     claim, truth = _sentence(claim, "--claim"), _sentence(truth, "--truth")
@@ -54,9 +68,7 @@ def scaffold_claim(claim_id: str, *, claim: str, truth: str, subject: str | None
         "patterns": [f"{todo}: a regex matching every `assert` above and no `negate` / `correct`"],
         "answer_words": [],
     }
-    head = (f"# Claim spec skeleton from `annot claim new {claim_id}`. Replace every TODO (README: Writing a\n"
-            f"# claim), then check it: annot claim check {claim_id}\n")
-    return head + yaml.safe_dump(spec, sort_keys=False, allow_unicode=True, width=100)
+    return spec
 
 
 def default_claim_path(claim_id: str) -> Path:

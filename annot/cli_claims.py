@@ -31,18 +31,33 @@ def claim_group():
 @click.option("-o", "--out", type=click.Path(dir_okay=False), help="default: ANNOT_PATH's first folder, "
               "corpora/claims/ID.yaml")
 @click.option("--force", is_flag=True, help="overwrite an existing file")
-def new_claim(claim_id, claim, truth, subject, category, out, force):
-    """Write a claim spec skeleton: derived fields filled in, TODO where a sentence is to be written."""
-    from annot.claim_scaffold import default_claim_path, scaffold_claim
+@click.option("--draft", type=click.Choice(["hf", "openai"]), help="draft the TODO statements, subclaims and "
+              "context with this generation backend")
+@click.option("--model", "model_name", help="--draft: the model (hf: a model name or path; openai: served name)")
+@click.option("--base-url", help="--draft openai: the endpoint, e.g. http://localhost:8000/v1")
+@click.option("--api-key-env", help="--draft openai: the environment variable holding the key")
+def new_claim(claim_id, claim, truth, subject, category, out, force, draft, model_name, base_url, api_key_env):
+    """Write a claim spec skeleton: derived fields filled in, TODO where a sentence is to be written
+    (with --draft, a generation backend drafts those sentences; regexes stay yours to write)."""
+    from annot.claim_scaffold import default_claim_path, render_claim, skeleton
     from annot.errors import AnnotError
     from annot.io import atomic_write_text
 
-    text = scaffold_claim(claim_id, claim=claim, truth=truth, subject=subject, category=category)
+    spec = skeleton(claim_id, claim=claim, truth=truth, subject=subject, category=category)
     path = Path(out) if out else default_claim_path(claim_id)
     if path.exists() and not force:
         raise AnnotError(f"claim new: {path} exists; pass --force to overwrite it or -o another path")
+    if draft:
+        from annot.claim_draft import draft_spec
+        from annot.gen.backends import make_backend
+        from annot.gen.settings import GenSettings
+
+        settings = GenSettings(backend=draft, model=model_name, base_url=base_url, api_key_env=api_key_env)
+        spec = draft_spec(spec, make_backend(settings))
+    elif model_name or base_url or api_key_env:
+        raise AnnotError("claim new: --model, --base-url and --api-key-env apply to --draft hf|openai")
     path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(path, text)
+    atomic_write_text(path, render_claim(spec))
     click.echo(f"wrote {path}; replace its TODOs, then: annot claim check {path}", err=True)
 
 

@@ -169,7 +169,7 @@ class ClaimSpec(Strict):
             if least is None and not value:
                 out.append(f"{name}: required field is missing")
             elif least is not None and len(value) < least:
-                out.append(f"{name}: needs at least {least} entries, has {len(value)}")
+                out.append(f"{name}: needs at least {least}, has {len(value)}")
         return out
 
     def require_full(self, use: str) -> "ClaimSpec":
