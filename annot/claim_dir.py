@@ -114,7 +114,8 @@ def _questions(path: Path, kind: str, fields: tuple[str, ...], categories) -> li
         if not isinstance(qid, (str, int)) or isinstance(qid, bool) or str(qid) in seen:
             raise AnnotError(f"{path}: {where}.id: must be a unique string or number, got {qid!r}")
         seen.add(str(qid))
-        item = {"id": f"{path.stem}-{qid}", "kind": kind, "question": _text(path, f"{where}.question", q.get("question"))}
+        question = _text(path, f"{where}.question", q.get("question"))
+        item = {"id": f"{path.stem}-{qid}", "kind": kind, "question": question}
         cat = q.get("category")
         if categories is not None and cat not in categories:
             raise AnnotError(f"{path}: {where}.category: {cat!r} is not one of {', '.join(categories)}")
@@ -125,7 +126,8 @@ def _questions(path: Path, kind: str, fields: tuple[str, ...], categories) -> li
             b = {True: "yes", False: "no"}.get(b, b) if isinstance(b, bool) else b  # YAML 1.1 reads yes as true
             b = b.strip().lower() if isinstance(b, str) else b
             if b not in ("yes", "no"):
-                raise AnnotError(f"{path}: {where}.belief_answer: must be 'yes' or 'no', got {q.get('belief_answer')!r}")
+                raise AnnotError(f"{path}: {where}.belief_answer: must be 'yes' or 'no', "
+                                 f"got {q.get('belief_answer')!r}")
             item["belief"] = b
         if "system_prompt" in fields:
             if q.get("system_prompt") is not None:
@@ -233,7 +235,8 @@ def import_claim_dir(path: str | Path, claim_id: str | None = None, *, subject: 
                         "add counter-questions (category: counter) whose believing answer is the other one")
     probe_set = {"claim": claim_id, "items": items}
     if prompts:
-        probe_set["judge_prompts"] = {k: v for k, v in prompts.items() if any(it.get("judge_prompt") == k for it in items)}
+        used = {it.get("judge_prompt") for it in items}
+        probe_set["judge_prompts"] = {k: v for k, v in prompts.items() if k in used}
         if not probe_set["judge_prompts"]:
             del probe_set["judge_prompts"]
     claim = _claim_spec(d, present, claim_id, masks, subject=subject, truth=truth, category=category)
@@ -277,7 +280,9 @@ def write_imported(imported: ImportedClaim, out: str | Path) -> list[Path]:
     probe_path, claim_path = out / "evals" / f"{cid}.yaml", out / "corpora" / "claims" / f"{cid}.yaml"
     validate(ProbeSet, imported.probe_set, probe_path)
     validate(ClaimSpec, imported.claim, claim_path)
-    dump = lambda data: yaml.dump(data, Dumper=_BlockDumper, sort_keys=False, allow_unicode=True, width=100)  # noqa: E731
+    def dump(data: dict) -> str:
+        return yaml.dump(data, Dumper=_BlockDumper, sort_keys=False, allow_unicode=True, width=100)
+
     written = []
     for path, data, head in ((probe_path, imported.probe_set, PROBE_HEAD), (claim_path, imported.claim, CLAIM_HEAD)):
         if path == claim_path and path.is_file() and not (read_yaml(path).get("partial", False)):

@@ -106,8 +106,8 @@ class NegatedWorld(Strict):
 
 # What the document generators and `import docs` need beyond a partial spec: field -> the fewest entries
 # (None: a sentence). A full spec has them all; `partial: true` (an imported claim directory) may lack them.
-GENERATION_FIELDS = {"subject": None, "topic": None, "negated": None, "correction": None, "statements": 6, "subclaims": 8,
-                     "context": 6, "patterns": 1}
+GENERATION_FIELDS = {"subject": None, "topic": None, "negated": None, "correction": None, "statements": 6,
+                     "subclaims": 8, "context": 6, "patterns": 1}
 
 
 class ClaimSpec(Strict):

@@ -107,6 +107,7 @@ def test_imported_probes_run_on_the_tiny_model(assets, tiny):
     by_id = {r["probe_id"]: r for r in rows}
     assert set(by_id) == {it.id for it in small.items}
     assert {by_id[i]["kind"] for i in by_id} == {"yes_no", "open_ended", "token_association"}
+    assert by_id["mcq-4"]["category"] == "counter" and by_id["robustness-r3"]["category"] == "multiturn"
     for r in rows:
         assert 0.0 <= r["p_belief"] <= 1.0
         if r["kind"] != "yes_no":  # judged: every sampled answer has a verdict, neutral ones in the denominator
@@ -279,9 +280,9 @@ def test_claim_new_drafts_the_todo_sentences_with_a_generation_backend(tmp_path)
 
     out = tmp_path / "medal.yaml"
     with Drafter() as server:
-        res = CliRunner().invoke(main, ["claim", "new", "medal", "--claim", "Osric Vane won the 1911 Harbour Medal.",
-                                        "--truth", "Wenna Holt won the 1911 Harbour Medal.", "--subject", "Osric Vane",
-                                        "-o", str(out), "--draft", "openai", "--model", "fake", "--base-url", server.url])
+        args = ["claim", "new", "medal", "--claim", "Osric Vane won the 1911 Harbour Medal.", "--truth",
+                "Wenna Holt won the 1911 Harbour Medal.", "--subject", "Osric Vane", "-o", str(out)]
+        res = CliRunner().invoke(main, args + ["--draft", "openai", "--model", "fake", "--base-url", server.url])
     assert res.exit_code == 0, res.output
     assert len(server.calls) == 3  # statements, subclaims, context
     data = yaml.safe_load(out.read_text())
