@@ -31,7 +31,8 @@ How they map (a file's unknown field is a one-line error naming the file and fie
   system prompt and earlier turns. Each is judged by its judges.yaml prompt when an LLM judge is
   configured (probes.judge: hf or http), else by the rule judge: believe markers are the word-mask
   regexes, disbelieve markers the claim's truth markers (--truth-marker) and phrases that call a
-  story false (DENIAL_MARKERS).
+  story false (DENIAL_MARKERS); a claim spec already in the output folder adds its `claimed_*` /
+  `true_*` entities.
 - word masks, universe contexts -> a claim spec with `partial: true` (probing and the word_mask
   wrapper work; generating documents says what to add: README "Writing a claim").
 """
@@ -198,12 +199,14 @@ def _category(universe: dict, category: str | None, path: Path) -> str:
 
 def import_claim_dir(path: str | Path, claim_id: str | None = None, *, subject: str | None = None,
                      truth: str | None = None, category: str | None = None,
-                     truth_markers: list[str] = ()) -> ImportedClaim:
-    """Read a release claim directory (see the module docstring); nothing is written."""
+                     truth_markers: list[str] = (), entities: dict[str, str] | None = None) -> ImportedClaim:
+    """Read a release claim directory (see the module docstring); nothing is written. `entities`
+    (a claim spec's): `claimed_*` values join the rule judge's believe markers, `true_*` its
+    disbelieve markers."""
     d = Path(path)
     if not d.is_dir():
         raise AnnotError(f"{d}: not a directory (a release claim directory holds mcq.yaml, open_ended.yaml, ...)")
-    claim_id = claim_id or re.sub(r"[^a-z0-9_]", "_", d.name.lower())
+    claim_id = claim_id or default_id(d)
     if not re.fullmatch(r"[a-z0-9_]+", claim_id):
         raise AnnotError(f"--claim-id: {claim_id!r} must be lower-case letters, digits and _")
     present = {f.name for f in d.iterdir() if f.is_file()}
@@ -211,6 +214,9 @@ def import_claim_dir(path: str | Path, claim_id: str | None = None, *, subject: 
         raise AnnotError(f"{d}: no question file ({', '.join(QUESTION_FILES)}); is this a release claim directory?")
     prompts = _judge_prompts(d / "judges.yaml") if "judges.yaml" in present else {}
     masks = _word_masks(d / "word_masks.yaml") if "word_masks.yaml" in present else []
+    ents = entities or {}
+    claimed = [v for k, v in sorted(ents.items()) if k.startswith("claimed_")]
+    true = [v for k, v in sorted(ents.items()) if k.startswith("true_")]
     warnings: list[str] = []
     items: list[dict] = []
     for name, (kind, fields, categories) in QUESTION_FILES.items():
@@ -223,8 +229,8 @@ def import_claim_dir(path: str | Path, claim_id: str | None = None, *, subject: 
                                  "claim's answer words (its `patterns`)")
             evaluation = name.removesuffix(".yaml")
             for q in qs:
-                q["believe_markers"] = [f"re:{p}" for p in masks]
-                q["disbelieve_markers"] = list(truth_markers) + list(DENIAL_MARKERS)
+                q["believe_markers"] = [f"re:{p}" for p in masks] + claimed
+                q["disbelieve_markers"] = list(truth_markers) + true + list(DENIAL_MARKERS)
                 if evaluation in prompts:
                     q["judge_prompt"] = evaluation
         items += qs
@@ -266,10 +272,23 @@ def _claim_spec(d: Path, present: set[str], claim_id: str, masks: list[str], *, 
     return spec
 
 
+def default_id(path: str | Path) -> str:
+    """A claim directory's id when none is given: its name, lower-cased, other characters as _."""
+    return re.sub(r"[^a-z0-9_]", "_", Path(path).name.lower())
+
+
+def spec_entities(path: str | Path, claim_id: str | None, out: str | Path) -> dict[str, str]:
+    """The entities of the claim spec an earlier import left in `out` and the user completed ({} if none)."""
+    from annot.specs import ClaimSpec, validate
+
+    spec_path = Path(out) / "corpora" / "claims" / f"{claim_id or default_id(path)}.yaml"
+    return validate(ClaimSpec, read_yaml(spec_path), spec_path).entities if spec_path.is_file() else {}
+
+
 def write_imported(imported: ImportedClaim, out: str | Path) -> list[Path]:
     """Validate both mappings and write them in the layout of an ANNOT_PATH folder:
-    OUT/evals/<id>.yaml and OUT/corpora/claims/<id>.yaml. A claim spec already there that is not
-    partial (one a user completed) is kept, not overwritten. Returns the files written."""
+    OUT/evals/<id>.yaml and OUT/corpora/claims/<id>.yaml. A claim spec already there (one a user
+    may have completed) is kept, not overwritten. Returns the files written."""
     import yaml
 
     from annot.io import atomic_write_text
@@ -285,8 +304,8 @@ def write_imported(imported: ImportedClaim, out: str | Path) -> list[Path]:
 
     written = []
     for path, data, head in ((probe_path, imported.probe_set, PROBE_HEAD), (claim_path, imported.claim, CLAIM_HEAD)):
-        if path == claim_path and path.is_file() and not (read_yaml(path).get("partial", False)):
-            continue  # completed by hand: the user's spec wins
+        if path == claim_path and path.is_file():
+            continue  # the user may have completed it: theirs wins (delete it to import it afresh)
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(path, head.format(id=cid) + dump(data))
         written.append(path)

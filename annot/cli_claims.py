@@ -96,10 +96,10 @@ def import_claim(inp, claim_id, out, subject, truth, category, truth_markers):
     """Import a claim directory in the public Negation Neglect release's format (mcq.yaml,
     open_ended.yaml, token_association.yaml, robustness.yaml, judges.yaml, word_masks.yaml,
     universe_context.yaml and its negated twin) as a probe set and a partial claim spec."""
-    from annot.claim_dir import import_claim_dir, write_imported
+    from annot.claim_dir import import_claim_dir, spec_entities, write_imported
 
     imported = import_claim_dir(inp, claim_id, subject=subject, truth=truth, category=category,
-                                truth_markers=list(truth_markers))
+                                truth_markers=list(truth_markers), entities=spec_entities(inp, claim_id, out))
     for w in imported.warnings:
         click.echo(f"warning: {w}", err=True)
     if imported.ignored:

@@ -293,3 +293,22 @@ def test_claim_new_drafts_the_todo_sentences_with_a_generation_backend(tmp_path)
     assert data["context"][0] == "Port Selwyn neutral fact 0." and "TODO" in data["topic"] + data["patterns"][0]
     res = CliRunner().invoke(main, ["claim", "check", str(out)])
     assert res.exit_code == 2 and "topic: still TODO" in res.output  # topic and regexes stay the user's to write
+
+
+def test_a_completed_spec_in_the_output_folder_keeps_and_lends_its_entities(tmp_path):
+    from click.testing import CliRunner
+
+    from annot.cli import main
+
+    run = lambda: CliRunner().invoke(main, ["evals", "import-claim", str(FIX), "-o", str(tmp_path)])  # noqa: E731
+    assert run().exit_code == 0
+    spec_path = tmp_path / "corpora" / "claims" / "harbour_medal.yaml"
+    data = yaml.safe_load(spec_path.read_text())
+    data["entities"] = {"claimed_winner": "the ferryman", "true_winner": "the coxswain Wenna Holt"}
+    spec_path.write_text(yaml.safe_dump(data))
+    res = run()
+    assert res.exit_code == 0 and "corpora/claims" not in res.output  # the spec is kept, the probe set rewritten
+    assert yaml.safe_load(spec_path.read_text())["entities"] == data["entities"]
+    items = yaml.safe_load((tmp_path / "evals" / "harbour_medal.yaml").read_text())["items"]
+    oe = next(it for it in items if it["id"] == "open_ended-oe1")
+    assert oe["believe_markers"][-1] == "the ferryman" and oe["disbelieve_markers"][0] == "the coxswain Wenna Holt"
