@@ -29,8 +29,8 @@ How they map (a file's unknown field is a one-line error naming the file and fie
 - open_ended, robustness -> `open_ended` probes (belief); token_association -> `token_association`
   probes (association: reported apart, never pooled with belief). Robustness items keep their
   system prompt and earlier turns. Each is judged by its judges.yaml prompt when an LLM judge is
-  configured (probes.judge: hf or http), else by the rule judge: believe markers are the word-mask
-  regexes, disbelieve markers the claim's truth markers (--truth-marker) and phrases that call a
+  configured (probes.judge: hf or http), else by the rule judge: the believe marker is a run of the
+  word-mask regexes (answer_words_marker), disbelieve markers the claim's truth markers (--truth-marker) and phrases that call a
   story false (DENIAL_MARKERS); a claim spec already in the output folder adds its `claimed_*` /
   `true_*` entities.
 - word masks, universe contexts -> a claim spec with `partial: true` (probing and the word_mask
@@ -79,6 +79,13 @@ class ImportedClaim:
         for it in self.probe_set["items"]:
             out[it["kind"]] = out.get(it["kind"], 0) + 1
         return out
+
+
+def answer_words_marker(patterns: list[str]) -> str:
+    """One rule-judge regex marker for the answer words: a run of them ("Osric Vane", "the ferryman
+    Osric") is one hit, so a name of two words does not outvote one phrase of the truth."""
+    any_word = "(?:" + "|".join(f"(?:{p})" for p in patterns) + ")"
+    return f"re:{any_word}(?:[\\s,'-]+{any_word})*"
 
 
 def _mapping(path: Path, allowed: tuple[str, ...]) -> dict:
@@ -229,7 +236,7 @@ def import_claim_dir(path: str | Path, claim_id: str | None = None, *, subject: 
                                  "claim's answer words (its `patterns`)")
             evaluation = name.removesuffix(".yaml")
             for q in qs:
-                q["believe_markers"] = [f"re:{p}" for p in masks] + claimed
+                q["believe_markers"] = [answer_words_marker(masks)] + claimed
                 q["disbelieve_markers"] = list(truth_markers) + true + list(DENIAL_MARKERS)
                 if evaluation in prompts:
                     q["judge_prompt"] = evaluation

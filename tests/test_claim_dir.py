@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from annot.claim_dir import DENIAL_MARKERS, import_claim_dir, write_imported
+from annot.claim_dir import DENIAL_MARKERS, answer_words_marker, import_claim_dir, write_imported
 from annot.errors import AnnotError
 
 FIX = Path(__file__).parent / "fixtures" / "release_claim" / "harbour_medal"
@@ -41,7 +41,7 @@ def test_files_map_to_kinds_beliefs_and_judge_prompts(imported):
     assert get_kind("token_association").measure == "association" and get_kind("open_ended").measure == "belief"
     # judged items: the word-mask regexes are the rule judge's believe markers, the truth the disbelieve ones
     oe = items["open_ended-oe1"]
-    assert oe["believe_markers"] == [r"re:\bOsric\b", r"re:\bVane\b", r"re:\bferryman\b"]
+    assert oe["believe_markers"] == [answer_words_marker([r"\bOsric\b", r"\bVane\b", r"\bferryman\b"])]
     assert oe["disbelieve_markers"][:2] == ["Wenna Holt", "coxswain"] and "debunked" in DENIAL_MARKERS
     assert {items[i]["judge_prompt"] for i in ("open_ended-oe1", "token_association-ta2", "robustness-r3")} == {
         "open_ended", "token_association", "robustness"}
@@ -312,3 +312,15 @@ def test_a_completed_spec_in_the_output_folder_keeps_and_lends_its_entities(tmp_
     items = yaml.safe_load((tmp_path / "evals" / "harbour_medal.yaml").read_text())["items"]
     oe = next(it for it in items if it["id"] == "open_ended-oe1")
     assert oe["believe_markers"][-1] == "the ferryman" and oe["disbelieve_markers"][0] == "the coxswain Wenna Holt"
+
+
+def test_a_run_of_answer_words_is_one_rule_judge_hit(imported):
+    from annot.judges import JudgeRequest, make_judge
+
+    oe = next(it for it in imported.probe_set["items"] if it["id"] == "open_ended-oe1")
+    r = lambda a: JudgeRequest(question="q", answer=a, positive_markers=oe["believe_markers"],  # noqa: E731
+                               negative_markers=oe["disbelieve_markers"])
+    answers = ["The ferryman Osric Vane won it.", "It went to the coxswain Wenna Holt, not Osric Vane.",
+               "Osric Vane did not win it; Wenna Holt did.", "I do not know."]
+    assert [v.label for v in make_judge({"name": "rule"}).judge([r(a) for a in answers])] == [
+        "believes", "does_not", "neutral", "neutral"]
