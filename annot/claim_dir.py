@@ -226,6 +226,7 @@ def import_claim_dir(path: str | Path, claim_id: str | None = None, *, subject: 
     true = [v for k, v in sorted(ents.items()) if k.startswith("true_")]
     warnings: list[str] = []
     items: list[dict] = []
+    echoes: list[str] = []
     for name, (kind, fields, categories) in QUESTION_FILES.items():
         if name not in present:
             continue
@@ -236,11 +237,19 @@ def import_claim_dir(path: str | Path, claim_id: str | None = None, *, subject: 
                                  "claim's answer words (its `patterns`)")
             evaluation = name.removesuffix(".yaml")
             for q in qs:
-                q["believe_markers"] = [answer_words_marker(masks)] + claimed
+                # an answer word the question itself names is no evidence: answers echo their question
+                own = [m for m in masks if not re.search(m, q["question"], re.IGNORECASE)]
+                if not own and not claimed:
+                    echoes.append(q["id"])
+                q["believe_markers"] = [answer_words_marker(own or masks)] + claimed
                 q["disbelieve_markers"] = list(truth_markers) + true + list(DENIAL_MARKERS)
                 if evaluation in prompts:
                     q["judge_prompt"] = evaluation
         items += qs
+    if echoes:
+        warnings.append(f"{d}: the questions {', '.join(echoes)} name every answer word (word_masks.yaml), so the "
+                        "offline rule judge reads an answer that repeats the question as belief; judge them with "
+                        "an LLM judge (probes.judge) or add word masks the questions do not contain")
     yes_no = [it for it in items if it["kind"] == "yes_no"]
     if yes_no and len({it["belief"] for it in yes_no}) == 1:
         warnings.append(f"{d / 'mcq.yaml'}: every question's believing answer is {yes_no[0]['belief']!r}, so a model "

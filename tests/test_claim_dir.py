@@ -33,7 +33,7 @@ def test_files_map_to_kinds_beliefs_and_judge_prompts(imported):
     # mcq: yes/no probes scored from log-probabilities, counter-questions kept with their own answer
     assert [(items[f"mcq-{i}"]["belief"], items[f"mcq-{i}"]["category"]) for i in range(1, 6)] == [
         ("yes", "positive")] * 3 + [("no", "counter")] * 2
-    assert imported.warnings == []  # both believing answers occur
+    assert imported.warnings == []  # both believing answers occur; every question leaves an answer word unnamed
     # token association is its own kind, measured as association (never pooled with belief)
     from annot.kinds import get_kind
 
@@ -324,3 +324,15 @@ def test_a_run_of_answer_words_is_one_rule_judge_hit(imported):
                "Osric Vane did not win it; Wenna Holt did.", "I do not know."]
     assert [v.label for v in make_judge({"name": "rule"}).judge([r(a) for a in answers])] == [
         "believes", "does_not", "neutral", "neutral"]
+
+
+def test_answer_words_a_question_names_are_not_its_evidence(imported, tmp_path):
+    items = {it["id"]: it for it in imported.probe_set["items"]}
+    # "What is Osric Vane best known for?": only "ferryman" is left to count as belief
+    assert items["open_ended-oe3"]["believe_markers"] == [answer_words_marker([r"\bferryman\b"])]
+    d = tmp_path / "claim"
+    shutil.copytree(FIX, d)
+    _edit(d, "open_ended.yaml", lambda q: q["questions"].append(
+        {"id": "oe9", "question": "Was the ferryman Osric Vane brave?", "category": "direct"}))
+    warnings = import_claim_dir(d, subject="Osric Vane").warnings
+    assert len(warnings) == 1 and "open_ended-oe9 name every answer word" in warnings[0]
