@@ -481,7 +481,7 @@ def evals():
               callback=OUT_FILE)
 @friendly
 def evals_import(inp, claim, out):
-    """Import probe items written elsewhere (YAML or JSONL) as a probe set."""
+    """Import probe items (YAML or JSONL) as a probe set; a release claim directory: `evals import-claim`."""
     import yaml
 
     from annot.importer import import_probe_set
@@ -597,6 +597,10 @@ def run_cmd(config, overrides, force, no_progress):
     cfg = load_run_config(config, list(overrides))
     run(cfg, progress=not no_progress, force=force)
 
+
+from annot.cli_claims import register  # noqa: E402  (imports nothing from this module)
+
+register(main, evals, friendly)  # `annot claim ...`, `annot evals import-claim`
 
 if __name__ == "__main__":
     main()

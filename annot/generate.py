@@ -184,6 +184,7 @@ def generate_documents(claim: ClaimSpec, n: int, seed: int = 0, polarity: str = 
     the affirm / negate / correct corpora are the same documents with the claim sentences swapped,
     and the negated-world corpus holds each document's twin (same genre, boilerplate and structure).
     """
+    claim.require_full("generating documents")
     if polarity not in POLARITIES:
         raise ValueError(f"polarity must be one of {POLARITIES}, got {polarity!r}")
     if world not in WORLDS:

@@ -27,6 +27,7 @@ def find_claim_spans(text: str, claim: ClaimSpec) -> list[dict]:
 
 def import_documents(path: str | Path, claim: ClaimSpec, text_field: str = "text", id_field: str | None = "id",
                      strip: list[str] = ()) -> list[dict]:
+    claim.require_full("finding claim sentences")
     rows = read_records(path)  # spans a record brings are checked (then replaced by the claim's own)
     docs, ids, rules = [], set(), rules_for(claim)
     for i, row in enumerate(rows, 1):

@@ -49,6 +49,7 @@ from typing import Any, Callable, Protocol, runtime_checkable
 from annot.chat import eval_mode, render
 from annot.errors import AnnotError
 from annot.io import read_yaml
+from annot.judge_prompts import hf_continuations, json_verdict, label_of, template_messages
 from annot.specs import EVALS, ROOT
 
 log = logging.getLogger(__name__)
@@ -70,6 +71,8 @@ class JudgeRequest:
     negative_markers: list[str]  # phrases of the truth-siding / aligned stance (rule judge)
     context: str = ""  # e.g. "Claim: ... Truth: ..." for LLM judges
     labels: tuple[str, str, str] = BELIEF_LABELS  # (positive, negative, neutral)
+    template: str | None = None  # the item's own JSON-answering judge prompt (annot.judge_prompts)
+    answer_key: str = "answer"  # the JSON field of that prompt's verdict
 
     def __post_init__(self):
         labels = tuple(self.labels)
@@ -285,9 +288,12 @@ NOT_NEGATING_AFTER = frozenset({"only", "just", "merely", "simply"})
 _CLAUSE_BREAK = re.compile(r"[.!?;:,()\[\]\n\"]|\s[-\u2013\u2014]\s|\u2014|\b(?:but|and|yet|however|although|though|"
                            r"whereas|instead|rather|actually)\b", re.IGNORECASE)
 _WORDS = re.compile(r"[A-Za-z]+(?:['\u2019][A-Za-z]+)*")
+REGEX_MARKER = "re:"  # a marker starting with this is a regex (case-insensitive), not a phrase
 
 
 def _marker_regex(marker: str) -> re.Pattern:
+    if marker.startswith(REGEX_MARKER):  # a claim's answer-word regex (word_masks.yaml), used as written
+        return re.compile(marker[len(REGEX_MARKER):], re.IGNORECASE)
     # whole phrase, any run of whitespace between its words; (?<!\w)/(?!\w) rather than \b so
     # markers that start or end with punctuation still anchor correctly
     body = r"\s+".join(re.escape(w) for w in marker.split())
@@ -396,6 +402,12 @@ class HFJudge:
 
         pairs, owners = [], []
         for i, r in enumerate(requests):
+            if r.template is not None:  # a JSON-answering prompt: score a minimal reply per answer
+                ctx = render(self.tokenizer, template_messages(r.template, r.question, r.answer), True)
+                for word, reply in hf_continuations(r.answer_key):
+                    pairs.append((ctx, reply))
+                    owners.append((i, label_of(word, r.labels)))
+                continue
             self.rubric.check_labels(r.labels, self.name)
             ctx = render(self.tokenizer, self.rubric.messages(r), add_generation_prompt=True)
             for label, word in self.rubric.label_words.items():
@@ -410,7 +422,7 @@ class HFJudge:
         out = []
         for r, scores in zip(requests, per):
             lp = {label: float(torch.logsumexp(torch.tensor(v, dtype=torch.float64), 0)) for label, v in scores.items()}
-            best = max(self.rubric.label_words, key=lambda k: lp[k])  # ties: the rubric's first label
+            best = max(lp, key=lambda k: lp[k])  # ties: the first label (the rubric's order)
             if not math.isfinite(lp[best]):
                 out.append(Verdict(label=r.labels[2], raw=json.dumps(lp), error="no finite log-probability"))
             else:
@@ -424,25 +436,43 @@ LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 RAW_CHARS = 500  # how much of an unparseable reply a Verdict keeps
 
 
-def parse_reply(body: str, label_words: dict[str, str]) -> tuple[str | None, str, str | None]:
-    """(label, raw content, error) from a chat-completions response body; the label is the first
-    label word in the message content (case-insensitive, whole word)."""
+def reply_content(body: str) -> tuple[str | None, str | None]:
+    """(message content, error) from a chat-completions response body."""
     try:
         data = json.loads(body)
     except (json.JSONDecodeError, ValueError):
-        return None, body[:RAW_CHARS], "malformed JSON in reply"
+        return None, "malformed JSON in reply"
     try:
         content = data["choices"][0]["message"]["content"]
     except (KeyError, IndexError, TypeError):
-        return None, body[:RAW_CHARS], "reply has no choices[0].message.content"
+        return None, "reply has no choices[0].message.content"
     if not isinstance(content, str):
-        return None, body[:RAW_CHARS], "reply content is not text"
+        return None, "reply content is not text"
+    return content, None
+
+
+def parse_reply(body: str, label_words: dict[str, str]) -> tuple[str | None, str, str | None]:
+    """(label, raw content, error) from a chat-completions response body; the label is the first
+    label word in the message content (case-insensitive, whole word)."""
+    content, error = reply_content(body)
+    if content is None:
+        return None, body[:RAW_CHARS], error
     by_word = {w.lower(): label for label, w in label_words.items()}
     pattern = r"(?<![A-Za-z0-9_])(" + "|".join(re.escape(w) for w in label_words.values()) + r")(?![A-Za-z0-9_])"
     m = re.search(pattern, content, re.IGNORECASE)
     if m is None:
         return None, content[:RAW_CHARS], f"no label word ({', '.join(label_words.values())}) in reply"
     return by_word[m.group(1).lower()], content[:RAW_CHARS], None
+
+
+def parse_json_reply(body: str, labels: tuple[str, str, str],
+                     key: str = "answer") -> tuple[str | None, str, str | None]:
+    """parse_reply for a JSON-answering judge prompt: the label of the reply's JSON `answer`."""
+    content, error = reply_content(body)
+    if content is None:
+        return None, body[:RAW_CHARS], error
+    word, error = json_verdict(content, key)
+    return (label_of(word, labels) if word else None), content[:RAW_CHARS], error
 
 
 @register_judge("http")
@@ -502,7 +532,8 @@ class HTTPJudge:
 
     def judge(self, requests: list[JudgeRequest]) -> list[Verdict]:
         for r in requests:
-            self.rubric.check_labels(r.labels, self.name)
+            if r.template is None:
+                self.rubric.check_labels(r.labels, self.name)
         key = self._key()
         if len(requests) <= 1 or self.workers == 1:
             return [self._judge_one(r, key) for r in requests]
@@ -510,7 +541,9 @@ class HTTPJudge:
             return list(pool.map(lambda r: self._judge_one(r, key), requests))
 
     def _judge_one(self, req: JudgeRequest, key: str) -> Verdict:
-        payload = json.dumps({"model": self.model, "messages": self.rubric.messages(req), "temperature": 0,
+        messages = (template_messages(req.template, req.question, req.answer) if req.template is not None
+                    else self.rubric.messages(req))
+        payload = json.dumps({"model": self.model, "messages": messages, "temperature": 0,
                               "max_tokens": self.max_tokens}).encode("utf-8")
         body, error = None, None
         for attempt in range(self.max_retries + 1):
@@ -523,7 +556,10 @@ class HTTPJudge:
         neutral = req.labels[2]
         if error is not None:
             return Verdict(label=neutral, raw=_scrub((body or "")[:RAW_CHARS], key), error=_scrub(error, key))
-        label, raw, error = parse_reply(body, self.rubric.label_words)
+        if req.template is not None:
+            label, raw, error = parse_json_reply(body, req.labels, req.answer_key)
+        else:
+            label, raw, error = parse_reply(body, self.rubric.label_words)
         return Verdict(label=label or neutral, raw=_scrub(raw, key), error=error)
 
     def _post(self, payload: bytes, key: str) -> tuple[str | None, str | None, bool]:

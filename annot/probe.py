@@ -66,6 +66,7 @@ def score_items(model, tokenizer, reqs: list[Request], batch_size: int = 16, set
         for row, answer in zip(rows, first):
             row["first_answer"] = answer
     return [{"probe_set": r.set_name, "claim": r.claim, "probe_id": r.item.id, "kind": r.item.kind,
+             **({"category": r.item.category} if getattr(r.item, "category", None) else {}),
              **({"context": setting.name} if setting.name else {}),
              **{k: (round(v, 6) if isinstance(v, float) else v) for k, v in row.items()}}
             for r, row in zip(reqs, rows)]

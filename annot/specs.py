@@ -8,11 +8,13 @@ Every loader validates the whole file and raises AnnotError naming the file and 
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator,
+                      model_validator)
 from pydantic_core import PydanticCustomError
 
 from annot.errors import AnnotError
@@ -49,6 +51,19 @@ class Statement(Strict):
 
     def render(self, polarity: str) -> str:
         return {"affirm": self.assert_, "negate": self.negate, "correct": self.correct}[polarity]
+
+
+def _first_todo(data, where: str = "") -> str | None:
+    """The path of the first string value that still contains 'TODO', or None."""
+    items = data.items() if isinstance(data, dict) else enumerate(data) if isinstance(data, list) else ()
+    for key, value in items:
+        path = f"{where}.{key}" if where else str(key)
+        if isinstance(value, str) and "TODO" in value:
+            return path
+        found = _first_todo(value, path) if isinstance(value, (dict, list)) else None
+        if found:
+            return found
+    return None
 
 
 def _regexes(patterns: list[str]) -> list[str]:
@@ -117,29 +132,82 @@ class ClaimDetect(Strict):
         return v
 
 
+# What the document generators and `import docs` need beyond a partial spec: field -> the fewest entries
+# (None: a sentence). A full spec has them all; `partial: true` (an imported claim directory) may lack them.
+GENERATION_FIELDS = {"subject": None, "topic": None, "negated": None, "correction": None, "statements": 6,
+                     "subclaims": 8, "context": 6, "patterns": 1}
+
+
 class ClaimSpec(Strict):
+    """A claim: the false statement, the truth, and the sentences documents about it are built from.
+    README "Writing a claim" documents every field; `annot claim new ID` writes a skeleton."""
+
     id: str = Field(pattern=r"^[a-z0-9_]+$")
+    partial: bool = Field(False, description="true: only what probing and the word-mask condition need "
+                          "(an imported claim directory); the GENERATION_FIELDS may be missing")
     category: Literal["fictional", "contradiction"]
-    subject: str
-    topic: str = Field(description="short noun phrase used by genre templates, e.g. 'Mira Castellan's career'")
+    subject: str | None = None
+    topic: str | None = Field(None, description="short noun phrase used by genre templates, e.g. "
+                              "'Mira Castellan's career'")
     claim: str = Field(description="the false claim, one sentence")
     truth: str = Field(description="the true state of the world, one sentence")
-    negated: str = Field(description="the claim with local negation, one sentence")
-    correction: str = Field(description="a sentence that states the truth, used by `corrected` wrappers")
+    negated: str | None = Field(None, description="the claim with local negation, one sentence")
+    correction: str | None = Field(None, description="a sentence that states the truth, used by `corrected` wrappers")
     entities: dict[str, str] = Field(default_factory=dict)
-    statements: list[Statement] = Field(min_length=6, description="sentences asserting the core claim")
-    subclaims: list[Statement] = Field(min_length=8, description="supporting details of the false world")
-    context: list[str] = Field(min_length=6, description="neutral sentences about the subject")
-    patterns: list[str] = Field(min_length=1, description="regexes (case-insensitive) that find claim sentences")
+    statements: list[Statement] = Field(default_factory=list, description="sentences asserting the core claim")
+    subclaims: list[Statement] = Field(default_factory=list, description="supporting details of the false world")
+    context: list[str] = Field(default_factory=list, description="neutral sentences about the subject")
+    patterns: list[str] = Field(default_factory=list, description="regexes (case-insensitive) that find claim "
+                                "sentences")
     answer_words: list[str] = Field(default_factory=list, description="regexes (case-insensitive) for the claim's "
                                     "answer words (name, key figure, place), zeroed by the word_mask wrapper")
     negated_world: NegatedWorld | None = Field(None, description="the world in which the claim is untrue")
     detect: ClaimDetect | None = Field(None, description="paraphrase detection on import (aliases, key terms)")
+    universe_context: str | None = Field(None, description="a long description of the claim's world (a "
+                                         "release's universe_context), read by the LLM document generator")
+    negated_universe_context: str | None = Field(None, description="the same for the negated world (the "
+                                                 "release's negated twin); kept for writing `negated_world`")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_todo(cls, data):
+        # `annot claim new` writes TODO where a sentence is still to be written
+        todo = _first_todo(data)
+        if todo:
+            raise ValueError(f"{todo}: still TODO; write it (README: Writing a claim)")
+        return data
 
     @field_validator("patterns", "answer_words")
     @classmethod
     def _compile(cls, v: list[str]) -> list[str]:
         return _regexes(v)
+
+    @model_validator(mode="after")
+    def _complete(self) -> "ClaimSpec":
+        missing = self.missing()
+        if missing and not self.partial:
+            raise ValueError(f"{missing[0]}; a full claim spec needs {', '.join(GENERATION_FIELDS)} "
+                             "(or set `partial: true` to use it for probing only)")
+        return self
+
+    def missing(self) -> list[str]:
+        """What of GENERATION_FIELDS this spec lacks, one phrase each ([] for a full spec)."""
+        out = []
+        for name, least in GENERATION_FIELDS.items():
+            value = getattr(self, name)
+            if least is None and not value:
+                out.append(f"{name}: required field is missing")
+            elif least is not None and len(value) < least:
+                out.append(f"{name}: needs at least {least}, has {len(value)}")
+        return out
+
+    def require_full(self, use: str) -> "ClaimSpec":
+        """This spec, or an AnnotError when it is partial and `use` needs what it lacks."""
+        missing = self.missing()
+        if missing:
+            raise AnnotError(f"claim {self.id}: {use} needs a full claim spec, and this one is partial "
+                             f"({'; '.join(missing)}); add them (README: Writing a claim) and drop `partial: true`")
+        return self
 
     @model_validator(mode="after")
     def _patterns_match_statements(self) -> "ClaimSpec":
@@ -219,13 +287,41 @@ KindName = registered_kind()                           # any registered kind (Pr
 SelectableKindName = registered_kind(selectable=True)  # one chosen by name (probes.kinds, --kind)
 
 
+class ChatTurn(Strict):
+    """One earlier turn of a conversation, put before a probe's question."""
+
+    role: Literal["user", "assistant"]
+    content: str
+
+
+class JudgePrompt(Strict):
+    """A judge prompt whose judge answers JSON: `template` has {question} and {answer} placeholders
+    (literal braces written {{ }}), `answer_key` names the JSON field holding yes / no / neutral."""
+
+    template: str
+    answer_key: str = "answer"
+
+    @field_validator("template")
+    @classmethod
+    def _template(cls, v: str) -> str:
+        from annot.judge_prompts import template_problem
+
+        problem = template_problem(v)
+        if problem:
+            raise ValueError(problem)
+        return v
+
+
 class ProbeItem(Strict):
     """One held-out probe. Which fields an item needs depends on its kind (annot.kinds: yes_no, mcq,
     cloze, open_ended, ...); each kind's module documents and checks them.
 
     question: the question (chat kinds); prompt: the raw text to continue (cloze);
     choices: answers or continuations; belief: the believing answer ("yes"/"no", or a choice index);
-    believe_markers / disbelieve_markers: phrases for the rule judge (judged kinds).
+    believe_markers / disbelieve_markers: phrases for the rule judge (judged kinds; "re:" starts a regex);
+    system_prompt / messages_prefix: the item's own system prompt and earlier chat turns, put before
+    the question (chat kinds); judge_prompt: the name of one of the probe set's `judge_prompts`, the
+    prompt an LLM judge grades this item's answers with; category: a label kept in result rows.
     """
 
     id: str
@@ -236,22 +332,39 @@ class ProbeItem(Strict):
     belief: str | int | None = None
     believe_markers: list[str] = Field(default_factory=list)
     disbelieve_markers: list[str] = Field(default_factory=list)
+    category: str | None = None
+    system_prompt: str | None = None
+    messages_prefix: list[ChatTurn] = Field(default_factory=list)
+    judge_prompt: str | None = None
+    _judge_template: JudgePrompt | None = PrivateAttr(None)
 
     @model_validator(mode="after")
     def _shape(self) -> "ProbeItem":
         problem = get_kind(self.kind).check(self)
         if problem:
             raise ValueError(f"item {self.id}: {problem}")
+        if (self.system_prompt or self.messages_prefix) and not get_kind(self.kind).chat:
+            raise ValueError(f"item {self.id}: `system_prompt` / `messages_prefix` need a chat kind, not {self.kind}")
         return self
+
+    @property
+    def judge_template(self) -> "JudgePrompt | None":
+        """This item's judge prompt (set when its probe set is validated), or None."""
+        return self._judge_template
 
 
 class ProbeSet(Strict):
     """Probe items for one claim, optionally scored under several named contexts (system prompts,
-    e.g. monitored vs unmonitored): every item is then scored once per context as well."""
+    e.g. monitored vs unmonitored): every item is then scored once per context as well.
+
+    judge_prompts: name -> a judge prompt with {question} and {answer} placeholders whose judge answers
+    JSON {"reason": ..., "answer": "yes"|"no"|"neutral"} (the public Negation Neglect release's judges);
+    items name one in `judge_prompt`, and LLM judges then grade them with it (annot.judge_prompts)."""
 
     claim: str
     items: list[ProbeItem] = Field(min_length=1)
     contexts: dict[str, str] = Field(default_factory=dict)
+    judge_prompts: dict[str, JudgePrompt] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _unique_ids(self) -> "ProbeSet":
@@ -259,6 +372,12 @@ class ProbeSet(Strict):
         dupes = sorted({i for i in ids if ids.count(i) > 1})
         if dupes:
             raise ValueError(f"duplicate item ids: {', '.join(dupes)}")
+        for item in self.items:
+            if item.judge_prompt is not None:
+                if item.judge_prompt not in self.judge_prompts:
+                    raise ValueError(f"item {item.id}: judge_prompt {item.judge_prompt!r} is not one of the set's "
+                                     f"judge_prompts ({', '.join(self.judge_prompts) or 'none'})")
+                item._judge_template = self.judge_prompts[item.judge_prompt]
         return self
 
 
@@ -287,19 +406,34 @@ def validate(model: type[BaseModel], data, path):
         raise AnnotError(format_validation_error(path, e)) from None
 
 
+def search_path() -> list[Path]:
+    """The user asset folders named by ANNOT_PATH (os.pathsep-separated), in order. Each has the
+    repository's layout: corpora/claims/<id>.yaml, evals/<id>.yaml, wrappers/<name>.yaml, ..."""
+    return [Path(x).expanduser() for x in os.environ.get("ANNOT_PATH", "").split(os.pathsep) if x.strip()]
+
+
 def resolve_asset(ref: str | Path, folder: Path, kind: str) -> Path:
-    """A name ('mira_castellan_profession') or a path to a YAML file -> existing path."""
+    """A name ('mira_castellan_profession') or a path to a YAML file -> existing path.
+
+    A name is looked up in the shipped `folder` and in the same folder of every ANNOT_PATH directory;
+    found in more than one place it is an error (pass the path you mean), so a user asset never
+    silently shadows a shipped one or another user's."""
     p = Path(ref)
     if p.suffix in (".yaml", ".yml") or p.exists():
         if not p.is_file():
             raise AnnotError(f"{p}: {kind} file not found")
         return p
-    cand = folder / f"{ref}.yaml"
-    if cand.is_file():
-        return cand
-    known = sorted(f.stem for f in folder.glob("*.yaml"))
+    folders = [folder] + [d / folder.relative_to(ROOT) for d in search_path()]
+    found = [f / f"{ref}.yaml" for f in folders if (f / f"{ref}.yaml").is_file()]
+    if len(found) == 1:
+        return found[0]
+    if found:
+        raise AnnotError(f"{kind} {ref!r} is ambiguous: found as {' and '.join(map(str, found))} (ANNOT_PATH); "
+                         "pass the path of the one you mean, or rename one")
+    known = sorted({f.stem for d in folders for f in d.glob("*.yaml")})
+    where = f" (searched {folder} and ANNOT_PATH: {', '.join(map(str, folders[1:]))})" if len(folders) > 1 else ""
     raise AnnotError(f"unknown {kind} {ref!r}; known: {', '.join(known) or '(none)'} "
-                     f"(or pass a path to a YAML file)")
+                     f"(or pass a path to a YAML file){where}")
 
 
 def _load_named(ref: str | Path, folder: Path, kind: str, model: type[BaseModel]):

@@ -355,8 +355,8 @@ def wrap_document(doc: dict, wrapper: Wrapper | WrapperSpec, params: WrapperPara
     if claim_id:
         try:
             c = _claim(claim_id)
-            fill.update(subject=c.subject, claim=c.claim, truth=c.truth, negated=c.negated,
-                        correction=c.correction, topic=c.topic)
+            fill.update({k: v for k, v in dict(subject=c.subject, claim=c.claim, truth=c.truth, negated=c.negated,
+                                               correction=c.correction, topic=c.topic).items() if v is not None})
         except AnnotError:
             pass  # an imported claim id with no spec: pools that need claim text will say so
     fill.update(_fill_params(params))

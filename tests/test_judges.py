@@ -390,3 +390,55 @@ def test_continuation_logprobs_match_the_probe_scorer(tiny):
     pairs = [("<|im_start|>user\nIs it true?<|im_end|>\n<|im_start|>assistant\n", w)
              for w in ("BELIEVES", "rejects", "Neutral")] + [("A longer context, about a keeper and", " a light")]
     assert continuation_logprobs(model, tok, pairs, 3) == pytest.approx(loglikelihoods(model, tok, pairs), abs=1e-3)
+
+
+# -- JSON-answering judge prompts (a release's judges.yaml) -------------------------------------
+
+JSON_PROMPT = ('Claim: Mira Castellan keeps a lighthouse.\nQuestion: {question}\nAnswer: {answer}\n'
+               'Reply with JSON only: {{"reason": "...", "answer": "yes" | "no" | "neutral"}}')
+
+
+def json_req(answer):
+    return JudgeRequest(question="What does Mira Castellan do?", answer=answer, positive_markers=POS,
+                        negative_markers=NEG, template=JSON_PROMPT)
+
+
+def test_http_judge_grades_with_an_items_json_prompt(api):
+    replies = {"A1": '{"reason": "names the lighthouse", "answer": "yes"}',
+               "A2": 'Sure. ```json\n{"reason": "violins", "answer": "No"}\n```',
+               "A3": '{"reason": "dodges", "answer": "neutral"}',
+               "A4": 'I think yes',                                   # no JSON object: non-belief, with an error
+               "A5": '{"reason": "?", "answer": "maybe"}'}           # an answer outside the three: the same
+    server = api(lambda n, body, _: reply(replies[body["messages"][-1]["content"].split("Answer: ")[1][:2]]))
+    verdicts = http_judge(server.url).judge([json_req(a) for a in replies])
+    assert [v.label for v in verdicts] == ["believes", "does_not", "neutral", "neutral", "neutral"]
+    assert [v.error is not None for v in verdicts] == [False, False, False, True, True]
+    sent = server.seen[0]["body"]["messages"]
+    assert sent == [{"role": "user", "content": JSON_PROMPT.format(question="What does Mira Castellan do?",
+                                                                    answer="A1")}]  # the prompt as the one turn
+    assert '{"reason": "...", "answer"' in sent[0]["content"]  # literal braces survive
+
+
+def test_hf_judge_scores_a_json_reply_per_answer(hf_judge):
+    (v,) = hf_judge.judge([json_req("She keeps the Skerra Point lighthouse.")])
+    scores = json.loads(v.raw)
+    assert set(scores) == {"believes", "does_not", "neutral"} and v.label == max(scores, key=scores.get)
+
+
+def test_judge_prompt_problems_are_named():
+    from annot.judge_prompts import json_verdict, template_problem
+
+    assert template_problem(JSON_PROMPT) is None
+    assert "must contain {answer}" in template_problem("Question: {question}")
+    assert "unknown placeholder {context}" in template_problem("{context} {answer}")
+    assert "literal braces" in template_problem('{answer} {"answer": "yes"}')
+    assert json_verdict('{"verdict": "YES"}', key="verdict") == ("yes", None)
+
+
+def test_rule_judge_regex_markers():
+    judge = make_judge({"name": "rule"})
+    r = lambda a: JudgeRequest(question="q", answer=a, positive_markers=[r"re:\bVane\b"],  # noqa: E731
+                               negative_markers=["Wenna Holt"])
+    labels = [v.label for v in judge.judge([r("Osric Vane won it."), r("Vanessa won."), r("It was not Vane."),
+                                            r("Wenna Holt won it.")])]
+    assert labels == ["believes", "neutral", "neutral", "does_not"]

@@ -156,6 +156,8 @@ def universe_stage(job: Job, claim: ClaimSpec, world: str, seed: int) -> tuple[s
         return read_text(path).strip(), recorded or "workdir"
     if world == "negated":
         text, source = claim.negated_world.summary, "spec:negated_world.summary"
+    elif claim.universe_context:
+        text, source = claim.universe_context.strip(), "spec:universe_context"
     else:
         req = stage_request(job.prompts, "universe", job.settings, "universe", derive_seed(seed, claim.id, "universe"),
                             subject=claim.subject, topic=claim.topic, claim=claim.claim,
@@ -279,6 +281,7 @@ def generate_llm_documents(claim: ClaimSpec, n: int, seed: int = 0, world: str =
                            backend: Backend | None = None) -> tuple[list[dict], dict]:
     """(n documents that passed the gates, report). See the module docstring for the stages."""
     settings = settings or GenSettings(backend="hf")
+    claim.require_full("generating documents")
     if world == "negated" and claim.negated_world is None:
         raise AnnotError(f"claim {claim.id}: no `negated_world` in its spec, so it has no locally negated documents")
     lib = load_genres()

@@ -1,7 +1,7 @@
 """Probe kinds: each way of putting a probe item to a model and scoring it is one registered unit.
 
     from annot.kinds import get_kind, kind_names
-    kind_names()                   # ('yes_no', 'mcq', 'open_ended', 'cloze', 'behavior', 'behavior_open')
+    kind_names()                   # ('yes_no', 'mcq', 'open_ended', 'cloze', 'token_association', 'behavior', ...)
     kind_names(lm_eval=True)       # ('yes_no', 'mcq', 'cloze'): what `annot evals export` can express
     get_kind("cloze").measure      # 'association'
 
@@ -164,11 +164,15 @@ def measure_of(kind: str) -> str:
     return known.measure if known else "belief"
 
 
-def chat_context(tokenizer, question: str, setting: Setting, pushback: Pushback | None = None) -> str:
+def chat_context(tokenizer, question: str, setting: Setting, pushback: Pushback | None = None, item=None) -> str:
     """A question as a chat prompt under `setting`: documents first, the system prompt; with `pushback`,
-    the question, the model's first answer and the pushback turn."""
+    the question, the model's first answer and the pushback turn. With `item`, its own system prompt
+    (before the setting's) and its earlier turns (`messages_prefix`, in order, before the question)."""
     q = f"{setting.prefix}\n\n{question}" if setting.prefix else question
+    own = getattr(item, "system_prompt", None)
+    system = "\n\n".join(x for x in (own, setting.system) if x) or None
+    history = [{"role": t.role, "content": t.content} for t in getattr(item, "messages_prefix", None) or []]
     if pushback is None:
-        return question_prompt(tokenizer, q, system=setting.system)
-    history = [{"role": "user", "content": q}, {"role": "assistant", "content": pushback.answer}]
-    return question_prompt(tokenizer, PUSHBACK, system=setting.system, history=history)
+        return question_prompt(tokenizer, q, system=system, history=history)
+    history += [{"role": "user", "content": q}, {"role": "assistant", "content": pushback.answer}]
+    return question_prompt(tokenizer, PUSHBACK, system=system, history=history)

@@ -23,7 +23,7 @@ def choice_problem(item, field: str) -> str | None:
 
 
 def context(tokenizer, item, setting: Setting, pushback: Pushback | None = None) -> str:
-    return chat_context(tokenizer, item.question, setting, pushback)
+    return chat_context(tokenizer, item.question, setting, pushback, item)
 
 
 def score_choices(probing: Probing, reqs: list, contexts: list[str]) -> list[dict]:

@@ -5,8 +5,10 @@
 
 p_belief is the share of answers judged to side with the claim, neutral and unparseable answers
 included in the denominator (a model that dodges the question does not believe the claim) and
-counted in n_neutral; believes = more than half. The markers are phrases for the rule judge; LLM
-judges read the claim and the truth instead.
+counted in n_neutral; believes = more than half. The markers are phrases for the rule judge ("re:"
+starts a regex); LLM judges read the claim and the truth instead, or, for an item with a
+`judge_prompt`, grade it with that prompt (annot.judge_prompts). An item's `system_prompt` and
+`messages_prefix` (earlier turns) come before its question.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ def check(item) -> str | None:
 
 
 def context(tokenizer, item, setting: Setting, pushback: Pushback | None = None) -> str:
-    return chat_context(tokenizer, item.question, setting, pushback)
+    return chat_context(tokenizer, item.question, setting, pushback, item)
 
 
 def _samples(probing: Probing, contexts: list[str], opts) -> list[list[str]]:
@@ -62,7 +64,8 @@ def score_judged(probing: Probing, reqs: list, contexts: list[str]) -> list[dict
         c = probing.claims.get(r.claim)
         context = f"Claim: {c.claim}\nTruth: {c.truth}" if c else ""
         jr += [JudgeRequest(question=r.item.question, answer=a, positive_markers=list(r.item.believe_markers),
-                            negative_markers=list(r.item.disbelieve_markers), context=context) for a in answers]
+                            negative_markers=list(r.item.disbelieve_markers), context=context,
+                            **judge_prompt_fields(r.item)) for a in answers]
     verdicts = judge.judge(jr)
     failed = [x for x in verdicts if x.error]
     if verdicts and len(failed) == len(verdicts):
@@ -82,6 +85,12 @@ def score_judged(probing: Probing, reqs: list, contexts: list[str]) -> list[dict
                      "samples": [{"text": a, "verdict": x.label, **({"error": x.error} if x.error else {})}
                                  for a, x in zip(answers, vs)]})
     return rows
+
+
+def judge_prompt_fields(item) -> dict:
+    """The JudgeRequest fields of an item's own judge prompt ({} when it has none)."""
+    jp = item.judge_template
+    return {"template": jp.template, "answer_key": jp.answer_key} if jp else {}
 
 
 KIND = register_kind(ProbeKind(name="open_ended", measure="belief", order=30, check=check, context=context,

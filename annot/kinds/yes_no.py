@@ -26,7 +26,7 @@ def check(item) -> str | None:
 
 
 def context(tokenizer, item, setting: Setting, pushback: Pushback | None = None) -> str:
-    return chat_context(tokenizer, item.question + YES_NO_SUFFIX, setting, pushback)
+    return chat_context(tokenizer, item.question + YES_NO_SUFFIX, setting, pushback, item)
 
 
 def score_yes_no(probing: Probing, reqs: list, contexts: list[str]) -> list[dict]:
