@@ -52,8 +52,14 @@ def scope_questions(scope: str, behavior: str | None = None) -> list[tuple[str, 
 def _judges(specs_json: str, default_model: str) -> tuple:
     from annot.scale_judges import make_scale_judge
 
-    return tuple(make_scale_judge(spec, default_model, f"probes.behavior_judge.judges.{i}")
-                 for i, spec in enumerate(json.loads(specs_json)))
+    judges = [make_scale_judge(spec, default_model, f"probes.behavior_judge.judges.{i}")
+              for i, spec in enumerate(json.loads(specs_json))]
+    seen: set[str] = set()
+    for i, j in enumerate(judges):  # two entries naming the same judge stay apart in the rows
+        if j.id in seen:
+            j.id = f"{j.id}#{i}"
+        seen.add(j.id)
+    return tuple(judges)
 
 
 def judges_for(cfg) -> tuple:
