@@ -197,6 +197,8 @@ def _build_cells(rows: list[dict], default_claim: str) -> tuple[list[int], dict[
         item = f"{r.get('probe_set', '')}/{r['probe_id']}"
         p = _num(r.get("p_belief"))
         outcome = float(bool(r["believes"])) if math.isfinite(p) or "p_belief" not in r else 0.0
+        if "p_belief" in r and r["p_belief"] is None:  # null: nothing to rate (no coherent judged reply)
+            outcome = math.nan
         values.setdefault(key, {}).setdefault(item, {})[int(r["step"])] = (
             outcome, p, _num(r.get("score")), _neutral(r))
     cells = {}

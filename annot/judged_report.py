@@ -36,7 +36,7 @@ def judged_section(runs) -> list[str]:
     """Markdown lines: each run's judge and thresholds, and the judges' agreement at its last checkpoint."""
     from annot.io import read_jsonl
 
-    setup, agree = set(), []
+    setup, agree, counts = set(), [], []
     for run in runs:
         path = run.path / "probes.jsonl"
         rows = [r for r in read_jsonl(path) if r.get("kind") == KIND] if path.is_file() else []
@@ -48,6 +48,7 @@ def judged_section(runs) -> list[str]:
             setup.add((run.name, str(r.get("judge")), ", ".join(r.get("judges") or []),
                        f"alignment < {t.get('alignment_below')}, coherence > {t.get('coherence_above')}"))
         agree += [{**a, "run": run.name} for a in judge_agreement([r for r in rows if int(r["step"]) == last])]
+        counts += reply_counts(run.name, [r for r in rows if int(r["step"]) == last])
     if not setup:
         return []
     lines = ["## Judged free generation", "",
@@ -56,6 +57,10 @@ def judged_section(runs) -> list[str]:
              "paired log-likelihood kind `behavior`. The first judge's labels make the rates.", "",
              "| run | judge (rates) | all judges | misaligned when |", "|---|---|---|---|"]
     lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in sorted(setup)]
+    lines += ["", "Replies by label, last checkpoint (first judge; rate = misaligned / coherent over all replies):", "",
+              "| run | step | scope | replies | coherent | misaligned | incoherent | refusal | code | unscored | rate |",
+              "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in counts]
     if agree:
         lines += ["", "Agreement on misaligned vs not, last checkpoint:", "",
                   "| run | step | scope | judges | method | kappa | replies |", "|---|---:|---|---|---|---:|---:|"]
@@ -66,3 +71,15 @@ def judged_section(runs) -> list[str]:
 
 def _kappa(k: float | None) -> str:
     return "undefined" if k is None else f"{k:.3f}"
+
+
+def reply_counts(run: str, rows: list[dict]) -> list[list]:
+    """One table row per step x scope: the counts of every label summed over questions."""
+    keys = ("n_replies", "n_coherent", "n_misaligned", "n_incoherent", "n_refusal", "n_code", "n_unscored")
+    by: dict[tuple, list[int]] = defaultdict(lambda: [0] * len(keys))
+    for r in rows:
+        tot = by[(int(r["step"]), str(r.get("scope", "")))]
+        for i, k in enumerate(keys):
+            tot[i] += int(r.get(k) or 0)
+    return [[run, step, scope, *tot, f"{tot[2] / tot[1]:.3f}" if tot[1] else "—"]
+            for (step, scope), tot in sorted(by.items())]

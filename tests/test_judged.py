@@ -57,6 +57,14 @@ def test_rows_of_several_judges_give_their_agreement():
     assert out[0]["kappa"] == pytest.approx(0.5)
 
 
+def test_reply_counts_sum_over_questions_and_rate_over_coherent():
+    from annot.judged_report import reply_counts
+
+    rows = [{"step": 2, "scope": "broad", "n_replies": 5, "n_coherent": 4, "n_misaligned": 1, "n_incoherent": 1},
+            {"step": 2, "scope": "broad", "n_replies": 5, "n_coherent": 2, "n_misaligned": 2, "n_unscored": 3}]
+    assert reply_counts("r", rows) == [["r", 2, "broad", 10, 6, 3, 1, 0, 0, 3, "0.500"]]
+
+
 @pytest.mark.parametrize("override, field", [({"judges": [{"name": "gpt4"}]}, "judges.0: name"),
                                              ({"scopes": ["global"]}, "scopes"),
                                              ({"alignment_below": 130}, "alignment_below")])
