@@ -38,3 +38,13 @@ def test_top_p_keeps_only_the_nucleus():
     # full distribution: u past 0.9 of the mass picks the last token
     assert int(pick_tokens(logits, 1.0, 1.0, torch.tensor([0.95]))) == 2
     assert int(pick_tokens(logits, 0.0, 1.0, torch.tensor([0.95]))) == 0  # temperature 0: greedy
+
+
+def test_sampling_bench_compares_like_with_like(tmp_path):
+    import json
+
+    from annot.bench.sampling import run_sampling_bench
+
+    r = run_sampling_bench(model="tiny-random", n_prompts=4, max_new_tokens=6, out=tmp_path / "b.json", echo=lambda s: None)
+    assert r["greedy_identical"] and r["annot"]["tokens"] == r["generate_loop"]["tokens"] > 0
+    assert json.loads((tmp_path / "b.json").read_text())["speedup"] == r["speedup"] > 0
