@@ -70,7 +70,6 @@ class Reply:
     cached: bool = False
     top_logprobs: list | None = None  # the first generated token's [{token, logprob}], when asked for
 
-
     @property
     def tokens(self) -> int:
         return self.prompt_tokens + self.completion_tokens
