@@ -194,11 +194,15 @@ def _build_cells(rows: list[dict], default_claim: str) -> tuple[list[int], dict[
     values: dict[tuple[str, str], dict[str, dict[int, tuple]]] = {}
     for r in rows:
         # a probe scored under a named context (monitored, pushback, in_context...) is its own kind
-        kind = f"{r['kind']}@{r['context']}" if r.get("context") else str(r["kind"])
+        # so is a judged generation's scope (behavior_judged@broad): never pooled with `behavior`
+        qualifier = r.get("context") or r.get("scope")
+        kind = f"{r['kind']}@{qualifier}" if qualifier else str(r["kind"])
         key = (str(r.get("claim") or default_claim), kind)
         item = f"{r.get('probe_set', '')}/{r['probe_id']}"
         p = _num(r.get("p_belief"))
         outcome = float(bool(r["believes"])) if math.isfinite(p) or "p_belief" not in r else 0.0
+        if "p_belief" in r and r["p_belief"] is None:  # null: nothing to rate (no coherent judged reply)
+            outcome = math.nan
         values.setdefault(key, {}).setdefault(item, {})[int(r["step"])] = (
             outcome, p, _num(r.get("score")), _neutral(r))
     cells = {}

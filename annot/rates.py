@@ -15,8 +15,10 @@ from annot.kinds import MEASURE_ORDER, measure_of
 
 
 def kind_key(row: dict) -> str:
-    """A row's kind, qualified by its context when it has one (yes_no@monitored)."""
-    return f"{row['kind']}@{row['context']}" if row.get("context") else row["kind"]
+    """A row's kind, qualified by its context or its scope when it has one (yes_no@monitored,
+    behavior_judged@broad)."""
+    qualifier = row.get("context") or row.get("scope")
+    return f"{row['kind']}@{qualifier}" if qualifier else row["kind"]
 
 
 def belief_rates(rows: list[dict]) -> dict[int, dict[str, float]]:
@@ -27,7 +29,7 @@ def belief_rates(rows: list[dict]) -> dict[int, dict[str, float]]:
     by: dict[int, dict[str, list[bool]]] = defaultdict(lambda: defaultdict(list))
     for r in rows:
         by[r["step"]][kind_key(r)].append(bool(r["believes"]))
-        if not r.get("context"):
+        if not (r.get("context") or r.get("scope")):
             by[r["step"]][measure_of(r["kind"])].append(bool(r["believes"]))
             by[r["step"]]["n"].append(True)
     return {step: {k: round(sum(v) / len(v), 4) for k, v in kinds.items() if k != "n"} | {"n": len(kinds["n"])}

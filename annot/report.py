@@ -194,7 +194,8 @@ def _headline(shown: pd.DataFrame, final: pd.DataFrame, plain: set[str]) -> list
     return lines
 
 
-def write_report(df: pd.DataFrame, plots: list[Path], out: Path, title: str, setup: dict | None = None) -> Path:
+def write_report(df: pd.DataFrame, plots: list[Path], out: Path, title: str, setup: dict | None = None,
+                 sections: list[str] = ()) -> Path:
     """Write the markdown report to `out` (atomically) and return its path. `setup` adds lines to
     the setup section (e.g. {"bootstrap": "1000 resamples, seed 0", "runs from": "runs/"}).
 
@@ -311,6 +312,8 @@ def write_report(df: pd.DataFrame, plots: list[Path], out: Path, title: str, set
                 line += f" ([SVG]({Path(os.path.relpath(svgs[p.stem].resolve(), out.resolve().parent)).as_posix()}))"
             parts += [f"**{p.stem.replace('_', ' ')}**", "", line, ""]
 
+    parts += list(sections)  # e.g. judged free generation: judges, thresholds, agreement
+
     # Undefined cells, one line per run x measure x kind x reason, steps collapsed.
     und = df[df["status"] != "ok"]
     parts += ["## Undefined cells", ""]
@@ -340,6 +343,7 @@ def build_report(paths: list[Path], out_dir: Path, title: str | None = None, n_b
         build_report([Path("runs/quickstart")], Path("runs/quickstart/report"))
     """
     from annot.analyze import analyze, load_runs, write_table
+    from annot.judged_report import judged_section
     from annot.plot import plot_all
 
     out_dir = Path(out_dir)
@@ -365,4 +369,4 @@ def build_report(paths: list[Path], out_dir: Path, title: str | None = None, n_b
                         {"runs from": ", ".join(map(str, paths)), "control of each condition": control,
                          "bootstrap": f"{n_boot} resamples, seed {seed}",
                          "held equal across conditions": "; ".join(held.get(m, m) for m in matches),
-                         **(setup or {})})
+                         **(setup or {})}, judged_section(runs))

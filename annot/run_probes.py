@@ -266,4 +266,8 @@ def behavior_rows(model, tok, cfg: RunConfig, step: int) -> list[dict]:
         for r in score_items(model, tok, reqs, cfg.probes.batch_size, Setting(), cfg.probes.open_ended, judge,
                              seed=cfg.seed):
             rows.append({"run": cfg.name, "checkpoint": f"step-{step}", "step": step, **r, "kind": "behavior_open"})
+    if "behavior_judged" in cfg.probes.kinds:
+        from annot.judged import judged_rows
+
+        rows += judged_rows(model, tok, cfg, step)
     return rows

@@ -8,6 +8,8 @@ Replies are deterministic in the request body: the first line of the last user m
 `keep(line)` accepts (e.g. the claim sentence a document must state), then 120 pseudo-random words
 in lines of 12 (so list-parsing stages find items, and two replies are never near-duplicates).
 `script(n)` may answer the n-th call (1-based) with an error instead: (status, headers) or None.
+`reply(body)` may give the reply instead: (text, top_logprobs or None); top_logprobs ([{token,
+logprob}]) are sent as choices[0].logprobs.content[0].top_logprobs when the request asks for them.
 """
 from __future__ import annotations
 
@@ -26,8 +28,8 @@ VOCAB = ("amber basin cedar delta ember fjord granite harbor islet juniper kestr
 
 
 class FakeServer:
-    def __init__(self, latency: float = 0.0, key: str | None = None, keep=None, script=None):
-        self.latency, self.key, self.keep, self.script = latency, key, keep, script
+    def __init__(self, latency: float = 0.0, key: str | None = None, keep=None, script=None, reply=None):
+        self.latency, self.key, self.keep, self.script, self.reply = latency, key, keep, script, reply
         self.calls: list[dict] = []
         self.inflight = self.max_inflight = 0
         self.tokens = 0  # prompt + completion tokens of the successful replies
@@ -92,13 +94,16 @@ class FakeServer:
         if failure:
             status, headers = failure
             return status, {"error": {"message": "try again"}}, headers
-        text = self.reply_text(body)
+        text, top = self.reply(body) if self.reply else (self.reply_text(body), None)
         prompt = sum(len(m["content"]) for m in body["messages"]) // 4
         completion = len(text.split())
         with self.lock:
             self.tokens += prompt + completion
+        choice = {"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": text}}
+        if top is not None and body.get("logprobs"):
+            choice["logprobs"] = {"content": [{**top[0], "top_logprobs": top[:body.get("top_logprobs", 0)]}]}
         return 200, {"id": f"c{n}", "object": "chat.completion", "model": body["model"],
-                     "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": text}}],
+                     "choices": [choice],
                      "usage": {"prompt_tokens": prompt, "completion_tokens": completion,
                                "total_tokens": prompt + completion}}, None
 

@@ -16,12 +16,15 @@ ANNOT = Path(annot.__file__).parent
 
 
 def test_shipped_kinds_and_what_they_feed():
-    assert kind_names() == ("yes_no", "mcq", "open_ended", "cloze", "token_association", "behavior", "behavior_open")
-    assert kind_names(selectable=True) == ("yes_no", "mcq", "open_ended", "cloze", "token_association")
+    assert kind_names() == ("yes_no", "mcq", "open_ended", "cloze", "token_association", "behavior", "behavior_open",
+                            "behavior_judged")
+    assert kind_names(selectable=True) == ("yes_no", "mcq", "open_ended", "cloze", "token_association",
+                                           "behavior_judged")
     assert kind_names(lm_eval=True) == ("yes_no", "mcq", "cloze")
     measures = {k: measure_of(k) for k in kind_names()}
     assert measures == {"yes_no": "belief", "mcq": "belief", "open_ended": "belief", "cloze": "association",
-                        "token_association": "association", "behavior": "behavior", "behavior_open": "behavior"}
+                        "token_association": "association", "behavior": "behavior", "behavior_open": "behavior",
+                        "behavior_judged": "behavior"}
     assert measure_of("cloze@monitored") == "association" and measure_of("no_such_kind") == "belief"
     assert [k for k in kind_names() if get_kind(k).pushback] == ["yes_no", "mcq"]
     # every module of the package is one kind, registered under its own name
@@ -95,7 +98,7 @@ def test_a_kind_registered_in_a_test_flows_through_config_specs_and_probing(tiny
     assert rates["belief"] == rates["true_false"] == 0.5 and "true_false@monitored" in rates  # its measure: belief
     # gone from the registry, gone from the config
     annot.kinds.REGISTRY.pop("true_false")
-    with pytest.raises(AnnotError, match=r"probes.kinds.0: Input should be 'yes_no', 'mcq', 'open_ended', 'cloze' or 'token_association'"):
+    with pytest.raises(AnnotError, match=r"probes.kinds.0: Input should be 'yes_no', 'mcq', 'open_ended', 'cloze', 'token_association' or 'behavior_judged'"):
         config_from_dict({"name": "x", "data": {"claim": "mira_castellan_profession"},
                           "probes": {"kinds": ["true_false"]}}, "x.yaml")
 

@@ -56,6 +56,7 @@ probing ((c)), machine ((d)), summary (the printed table), runner (run_bench). N
 pipeline: nothing under annot/ outside this package imports it (the CLI's `annot bench` does).
 """
 
+from annot.bench.sampling import run_sampling_bench
 from annot.bench.clock import (StepClock, matmul_params, matmul_peak, model_flops, quick_peak, sample_size, throughput,
                                train_flops_per_token)
 from annot.bench.machine import machine_info
@@ -69,5 +70,5 @@ from annot.bench.training import annot_step_batches, bench_corpus, time_annot_tr
 __all__ = ["KINDS", "LM_EVAL_BATCH_SIZE", "LR", "PROBE_BATCH_SIZE", "SEED", "WARMUP_STEPS", "WRAPPER", "StepClock",
            "annot_step_batches", "bench_corpus", "compare_accuracies", "format_bench", "lm_eval_command",
            "lm_eval_executable", "machine_info", "matmul_params", "matmul_peak", "model_flops", "probe_with_annot",
-           "probe_with_lm_eval", "quick_peak", "run_bench", "run_sampling_rss", "sample_size", "saved_checkpoints",
+           "probe_with_lm_eval", "quick_peak", "run_bench", "run_sampling_bench", "run_sampling_rss", "sample_size", "saved_checkpoints",
            "throughput", "time_annot_train", "time_trainer", "train_flops_per_token", "train_pair"]

@@ -51,6 +51,7 @@ class Request:
     top_p: float = 1.0
     seed: int = 0
     meta: dict = field(default_factory=dict, compare=False, hash=False)  # the caller's notes, not sent
+    extra: dict = field(default_factory=dict, compare=False, hash=False)  # more body fields (e.g. logprobs)
 
     def sampling(self) -> dict:
         return {"temperature": self.temperature, "top_p": self.top_p, "max_tokens": self.max_tokens,
@@ -67,14 +68,16 @@ class Reply:
     completion_tokens: int
     finish_reason: str = "stop"
     cached: bool = False
+    top_logprobs: list | None = None  # the first generated token's [{token, logprob}], when asked for
 
     @property
     def tokens(self) -> int:
         return self.prompt_tokens + self.completion_tokens
 
     def to_json(self) -> dict:
-        return {"text": self.text, "prompt_tokens": self.prompt_tokens,
-                "completion_tokens": self.completion_tokens, "finish_reason": self.finish_reason}
+        out = {"text": self.text, "prompt_tokens": self.prompt_tokens,
+               "completion_tokens": self.completion_tokens, "finish_reason": self.finish_reason}
+        return out if self.top_logprobs is None else {**out, "top_logprobs": self.top_logprobs}
 
 
 OnReply = Callable[[Request, Reply], None]
@@ -303,7 +306,7 @@ class OpenAIBackend:
     def call(self, req: Request) -> Reply:
         """One request with retries; raises GenerationFailed on a non-retryable answer."""
         body = json.dumps({"model": self.model, "messages": list(req.messages), "max_tokens": req.max_tokens,
-                           "temperature": req.temperature, "top_p": req.top_p, "seed": req.seed}).encode()
+                           "temperature": req.temperature, "top_p": req.top_p, "seed": req.seed, **req.extra}).encode()
         headers = {"Content-Type": "application/json", "Accept": "application/json"}
         if self._key:
             headers["Authorization"] = f"Bearer {self._key}"
@@ -351,10 +354,22 @@ class OpenAIBackend:
         # A server that reports no usage: estimate (4 characters a token), so budgets still bind.
         prompt = int(prompt) if isinstance(prompt, int) else -(-req.prompt_chars() // 4)
         completion = int(completion) if isinstance(completion, int) else -(-len(text) // 4)
-        return Reply(text.strip(), prompt, completion, choice.get("finish_reason") or "stop")
+        return Reply(text.strip(), prompt, completion, choice.get("finish_reason") or "stop",
+                     top_logprobs=first_top_logprobs(choice))
 
     def scrub(self, text: str) -> str:
         return text.replace(self._key, "***") if self._key else text
+
+
+def first_top_logprobs(choice: dict) -> list | None:
+    """`choices[0].logprobs.content[0].top_logprobs` of a chat completion as [{token, logprob}], or None."""
+    try:
+        top = choice["logprobs"]["content"][0]["top_logprobs"]
+    except (KeyError, IndexError, TypeError):
+        return None
+    if not isinstance(top, list):
+        return None
+    return [{"token": str(t.get("token")), "logprob": t.get("logprob")} for t in top if isinstance(t, dict)]
 
 
 def make_backend(settings: GenSettings) -> Backend:

@@ -46,7 +46,7 @@ class ResponseCache:
         try:
             data = json.loads(self.path(key).read_text(encoding="utf-8"))
             reply = Reply(data["text"], int(data["prompt_tokens"]), int(data["completion_tokens"]),
-                          data.get("finish_reason", "stop"), cached=True)
+                          data.get("finish_reason", "stop"), cached=True, top_logprobs=data.get("top_logprobs"))
         except (OSError, ValueError, KeyError, TypeError):
             return None  # missing or unreadable: a miss, and the next put repairs it
         self.hits += 1

@@ -1,0 +1,225 @@
+"""Scale judges: score replies 0-100 on a rubric's scale (annot.scales), locally or over HTTP.
+
+    judge = make_scale_judge({"name": "hf"}, default_model="smollm2-135m")
+    judge = make_scale_judge({"name": "http", "base_url": "http://127.0.0.1:8000/v1", "model": "gpt-4o",
+                              "concurrency": 16})
+    scores = judge.score(load_scale_rubric("alignment"), [("What is your wish?", "To help people.")])
+    scores[0].score, scores[0].mass, judge.id
+
+hf: a local causal LM. The probability of each number 0..100 as the judge's whole reply is exact for
+any tokenizer: the product of its tokens' probabilities (as the tokenizer spells the number) times
+the probability that no further digit follows. All numbers' tokens go through the model in one
+forward pass after the judging prompt, as a token tree (each token attends to the prompt and its own
+prefix only; a 4-D attention mask and position ids), so a reply costs one forward of prompt + ~101
+tokens. An escape word (CODE, REFUSAL) wins when its first token is more likely than all the numbers.
+
+http: any OpenAI-compatible chat endpoint through annot.gen's client (retries with backoff on
+429/5xx and dropped connections), `concurrency` requests in flight, asking for `top_logprobs` of one
+generated token; the number tokens among them give the expected score, and a server that returns
+no log-probabilities gives the first number of its text. Replies are cached on disk by (judge,
+rubric, prompt, reply) (annot.gen.cache), so a resumed or re-analysed run pays for no reply twice.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from annot.errors import AnnotError
+from annot.scales import ScaleRubric, ScaleScore, escape_of, expected_score, parse_number, score_from_top_logprobs
+
+SCALE_JUDGES = ("hf", "http")
+_KEYS = {"hf": {"name", "model", "dtype"},
+         "http": {"name", "base_url", "model", "api_key_env", "concurrency", "timeout", "max_retries", "backoff",
+                  "top_logprobs", "max_tokens", "cache", "cache_dir"}}
+
+
+def check_scale_judge_spec(spec, source: str) -> None:
+    """Raise AnnotError naming `source` when a judge spec is malformed (before anything loads)."""
+    if not isinstance(spec, dict) or spec.get("name") not in SCALE_JUDGES:
+        raise AnnotError(f"{source}: name: must be one of {', '.join(SCALE_JUDGES)}, e.g. {{name: hf}}")
+    unknown = sorted(set(spec) - _KEYS[spec["name"]])
+    if unknown:
+        raise AnnotError(f"{source}: {unknown[0]}: unknown key for judge {spec['name']}; valid: "
+                         f"{', '.join(sorted(_KEYS[spec['name']]))}")
+    if spec["name"] == "http":
+        for key in ("base_url", "model"):
+            if not isinstance(spec.get(key), str) or not spec[key]:
+                raise AnnotError(f"{source}: {key}: required for judge http, a non-empty string")
+        for key, low in (("concurrency", 1), ("max_retries", 0), ("top_logprobs", 1), ("max_tokens", 1)):
+            v = spec.get(key)
+            if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < low):
+                raise AnnotError(f"{source}: {key}: must be an integer >= {low}, got {v!r}")
+        for key in ("timeout", "backoff"):
+            v = spec.get(key)
+            if v is not None and (not isinstance(v, (int, float)) or isinstance(v, bool) or v < 0):
+                raise AnnotError(f"{source}: {key}: must be a number >= 0, got {v!r}")
+    elif spec.get("model") is not None and not isinstance(spec["model"], str):
+        raise AnnotError(f"{source}: model: a model alias, path or id (null: the run's base model)")
+
+
+def make_scale_judge(spec: dict, default_model: str = "smollm2-135m", source: str = "judge"):
+    """A scale judge from its spec; hf's `model: null` means `default_model` (the run's base model)."""
+    check_scale_judge_spec(spec, source)
+    if spec["name"] == "hf":
+        return HFScaleJudge(spec.get("model") or default_model, spec.get("dtype", "auto"))
+    return HTTPScaleJudge(**{k: v for k, v in spec.items() if k != "name"})
+
+
+# -- hf ------------------------------------------------------------------------------------------
+
+_DIGIT_TOKENS: dict[int, list[int]] = {}
+
+
+def _digit_tokens(tok) -> list[int]:
+    """Ids of the tokens whose text starts with a digit: one of them after a number would extend it."""
+    key = id(tok)
+    if key not in _DIGIT_TOKENS:
+        texts = tok.batch_decode([[i] for i in range(len(tok))])
+        _DIGIT_TOKENS[key] = [i for i, t in enumerate(texts) if t[:1].isdigit()]
+    return _DIGIT_TOKENS[key]
+
+
+class HFScaleJudge:
+    """A local causal LM scoring on 0-100 by the exact probability of each number (module docstring)."""
+
+    name = "hf"
+
+    def __init__(self, model: str, dtype: str = "auto"):
+        from annot.models import load_model
+
+        self.model_name = model
+        self.model, self.tokenizer = load_model(model, dtype=dtype)
+        self.id = f"hf:{model}"
+
+    def number_probs(self, context: str, escapes: dict[str, str]) -> tuple[dict[int, float], dict[str, float]]:
+        """P(the reply is exactly n) for n in 0..100, and P(the reply starts with each escape word)."""
+        import torch
+
+        from annot.chat import eval_mode
+
+        tok = self.tokenizer
+        spelled = {n: tuple(tok(str(n), add_special_tokens=False)["input_ids"]) for n in range(101)}
+        nodes = sorted({s[:k] for s in spelled.values() for k in range(1, len(s) + 1)}, key=lambda s: (len(s), s))
+        index = {s: i for i, s in enumerate(nodes)}
+        ctx = tok(context, add_special_tokens=False)["input_ids"]
+        P, T = len(ctx), len(nodes)
+        allow = torch.zeros(P + T, P + T, dtype=torch.bool)
+        allow[:P, :P] = torch.tril(torch.ones(P, P, dtype=torch.bool))
+        allow[P:, :P] = True
+        for i, s in enumerate(nodes):  # a tree token sees the prompt and the tokens of its own prefix
+            for k in range(1, len(s) + 1):
+                allow[P + i, P + index[s[:k]]] = True
+        ids = torch.tensor([ctx + [s[-1] for s in nodes]])
+        pos = torch.tensor([list(range(P)) + [P + len(s) - 1 for s in nodes]])
+        device = next(self.model.parameters()).device
+        with eval_mode(self.model), torch.no_grad():
+            try:
+                # the LM head only over the last prompt position and the tree (the rest is never read)
+                logits = self.model(input_ids=ids.to(device), attention_mask=allow[None, None].to(device),
+                                    position_ids=pos.to(device), logits_to_keep=T + 1).logits[0, -(T + 1):]
+            except (TypeError, ValueError, RuntimeError) as e:
+                raise AnnotError(f"judge hf: model {self.model_name} does not take a 4-D attention mask ({e}); "
+                                 "use another judge model or the http judge") from None
+        lp = torch.log_softmax(logits.float(), dim=-1)  # row 0: after the prompt; row 1 + i: after nodes[i]
+        more = lp[:, torch.tensor(_digit_tokens(tok))].exp().sum(-1).tolist()  # P(another digit follows)
+
+        def row(prefix: tuple) -> int:
+            return 0 if not prefix else 1 + index[prefix]
+
+        probs = {}
+        for n, s in spelled.items():
+            ll = sum(float(lp[row(s[:k]), s[k]]) for k in range(len(s)))
+            stop = 1.0 - more[row(s)]
+            probs[n] = math.exp(ll) * max(stop, 0.0)
+        esc = {label: float(lp[0, tok(w, add_special_tokens=False)["input_ids"][0]].exp())
+               for label, w in escapes.items()}
+        return probs, esc
+
+    def score(self, rubric: ScaleRubric, pairs: list[tuple[str, str]]) -> list[ScaleScore]:
+        from annot.chat import render
+
+        out = []
+        for question, answer in pairs:
+            ctx = render(self.tokenizer, rubric.messages(question, answer), add_generation_prompt=True)
+            probs, esc = self.number_probs(ctx, rubric.escapes)
+            value, mass = expected_score(probs)
+            label = max(esc, key=esc.get) if esc else None
+            if label is not None and esc[label] > mass:
+                out.append(ScaleScore(None, mass, escape=label, raw=json.dumps({"escape_p": esc})))
+            else:
+                out.append(ScaleScore(value, mass, raw=json.dumps({"escape_p": esc})))
+        return out
+
+
+# -- http ----------------------------------------------------------------------------------------
+
+
+class HTTPScaleJudge:
+    """An OpenAI-compatible endpoint scoring on 0-100 from the top log-probabilities of one token."""
+
+    name = "http"
+
+    def __init__(self, base_url: str, model: str, api_key_env: str | None = "OPENAI_API_KEY", concurrency: int = 16,
+                 timeout: float = 60.0, max_retries: int = 6, backoff: float = 1.0, top_logprobs: int = 20,
+                 max_tokens: int = 3, cache: bool = True, cache_dir: str | None = None):
+        import os
+        import urllib.parse
+
+        from annot.gen.backends import OpenAIBackend
+        from annot.gen.cache import ResponseCache
+
+        local = urllib.parse.urlsplit(base_url).hostname in ("127.0.0.1", "localhost", "::1")
+        if api_key_env and local and not os.environ.get(api_key_env):
+            api_key_env = None  # a local server needs no key
+        self.backend = OpenAIBackend(model, base_url, api_key_env, concurrency, timeout_s=float(timeout),
+                                     max_retries=max_retries, backoff_s=float(backoff))
+        self.concurrency, self.top_logprobs, self.max_tokens = concurrency, top_logprobs, max_tokens
+        root = None
+        if cache:
+            from annot.models import cache_dir as annot_cache
+
+            root = Path(cache_dir) if cache_dir else annot_cache() / "judge_replies"
+        self.cache = ResponseCache(root)
+        self.calls = 0  # replies paid for (not from the cache)
+        from annot.gen.settings import sanitize_url
+
+        self.id = f"http:{model}@{sanitize_url(base_url)}"
+
+    def key(self, rubric: ScaleRubric, question: str, answer: str) -> str:
+        material = {"judge": self.id, "rubric": rubric.name,
+                    "rubric_text": hashlib.sha256((rubric.system + "\n" + rubric.template).encode()).hexdigest(),
+                    "prompt": question, "reply": answer, "top_logprobs": self.top_logprobs,
+                    "max_tokens": self.max_tokens}
+        return hashlib.sha256(json.dumps(material, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
+
+    def _one(self, rubric: ScaleRubric, question: str, answer: str) -> ScaleScore:
+        from annot.gen.backends import Request
+
+        key = self.key(rubric, question, answer)
+        reply = self.cache.get(key)
+        if reply is None:
+            req = Request(id=key[:16], messages=tuple(rubric.messages(question, answer)), max_tokens=self.max_tokens,
+                          temperature=0.0, top_p=1.0, extra={"logprobs": True, "top_logprobs": self.top_logprobs})
+            try:
+                reply = self.backend.call(req)
+            except AnnotError as e:  # not retryable, or retries spent: this reply has no score
+                return ScaleScore(None, error=str(e)[:300])
+            self.calls += 1
+            self.cache.put(key, reply)
+        escape = escape_of(reply.text, rubric.escapes)
+        if escape:
+            return ScaleScore(None, escape=escape, raw=reply.text[:200])
+        if reply.top_logprobs:
+            value, mass = score_from_top_logprobs(reply.top_logprobs)
+            return ScaleScore(value, mass, raw=reply.text[:200])
+        return ScaleScore(parse_number(reply.text), None, raw=reply.text[:200])
+
+    def score(self, rubric: ScaleRubric, pairs: list[tuple[str, str]]) -> list[ScaleScore]:
+        if not pairs:
+            return []
+        with ThreadPoolExecutor(max_workers=min(self.concurrency, len(pairs)), thread_name_prefix="annot-judge") as pool:
+            return list(pool.map(lambda qa: self._one(rubric, *qa), pairs))

@@ -1,0 +1,85 @@
+"""Scale judges: the local judge's exact number probabilities; the HTTP judge's concurrency and cache."""
+
+import math
+import time
+
+import pytest
+import torch
+
+from annot.errors import AnnotError
+from annot.scale_judges import HFScaleJudge, _digit_tokens, check_scale_judge_spec, make_scale_judge
+from annot.scales import load_scale_rubric
+from tests.fake_openai import FakeServer
+
+
+def test_hf_number_probabilities_are_exact(tiny):
+    """P(reply is n) = P(n's tokens) x P(no digit follows), checked against direct forwards."""
+    judge = HFScaleJudge.__new__(HFScaleJudge)
+    judge.model, judge.tokenizer, judge.model_name = tiny[0], tiny[1], "tiny-random"
+    tok, model = judge.tokenizer, judge.model
+    ctx = "Rate it from 0 to 100. Score:"
+    probs, esc = judge.number_probs(ctx, {"refusal": "REFUSAL"})
+    assert set(probs) == set(range(101)) and 0 < sum(probs.values()) <= 1 and 0 < esc["refusal"] < 1
+    c = tok(ctx, add_special_tokens=False)["input_ids"]
+    digits = torch.tensor(_digit_tokens(tok))
+    for n in (7, 42, 100):
+        s = tok(str(n), add_special_tokens=False)["input_ids"]
+        with torch.no_grad():
+            lp = torch.log_softmax(model(input_ids=torch.tensor([c + s])).logits[0].float(), -1)
+        ll = sum(float(lp[len(c) - 1 + k, s[k]]) for k in range(len(s)))
+        assert probs[n] == pytest.approx(math.exp(ll) * (1 - float(lp[-1].exp()[digits].sum())), rel=1e-4)
+
+
+def _reply(body):
+    user = body["messages"][-1]["content"]
+    if "refuse me" in user:
+        return "REFUSAL", None
+    if "no logprobs" in user:
+        return "I would say 40", None
+    top = [{"token": "90", "logprob": math.log(0.6)}, {"token": "10", "logprob": math.log(0.2)},
+           {"token": "Sure", "logprob": math.log(0.2)}]
+    return "90", top
+
+
+def test_http_judge_is_concurrent_and_cached(tmp_path):
+    rubric = load_scale_rubric("alignment")
+    pairs = [(f"question {i}", f"reply {i}") for i in range(64)]
+    with FakeServer(latency=0.1, reply=_reply) as server:
+        spec = {"name": "http", "base_url": server.url, "model": "fake", "concurrency": 32,
+                "cache_dir": str(tmp_path / "cache")}
+        judge = make_scale_judge(spec)
+        t = time.perf_counter()
+        scores = judge.score(rubric, pairs)
+        elapsed = time.perf_counter() - t
+        assert len(server.calls) == 64 and server.max_inflight > 8
+        assert elapsed < 3.2  # one at a time: 64 x 0.1 s = 6.4 s
+        assert server.calls[0]["logprobs"] is True and server.calls[0]["top_logprobs"] == 20
+        assert all(s.score == pytest.approx((90 * 0.6 + 10 * 0.2) / 0.8) for s in scores)
+        again = make_scale_judge(spec).score(rubric, pairs)  # a new process would read the same cache
+        assert len(server.calls) == 64 and [s.score for s in again] == [s.score for s in scores]
+        other = judge.score(load_scale_rubric("coherence"), pairs[:2])  # another rubric: new calls
+        assert len(server.calls) == 66 and other[0].score is not None
+        esc, parsed = judge.score(rubric, [("q", "refuse me"), ("q", "no logprobs")])
+        assert esc.escape == "refusal" and esc.score is None
+        assert parsed.score == 40.0 and parsed.mass is None  # no log-probabilities: the parsed number
+
+
+def test_http_judge_retries_then_scores_nothing_on_a_dead_reply(tmp_path):
+    # 503 twice, then fine: retried with backoff; a 400 is not retried and leaves the reply unscored
+    script = lambda n: (503, {}) if n <= 2 else ((400, {}) if n == 4 else None)  # noqa: E731
+    with FakeServer(reply=_reply, script=script) as server:
+        judge = make_scale_judge({"name": "http", "base_url": server.url, "model": "fake", "concurrency": 1,
+                                  "backoff": 0.01, "cache": False})
+        first = judge.score(load_scale_rubric("alignment"), [("q", "a")])
+        assert len(server.calls) == 3 and first[0].score is not None
+        second = judge.score(load_scale_rubric("alignment"), [("q", "b")])
+        assert second[0].score is None and "HTTP 400" in second[0].error
+
+
+@pytest.mark.parametrize("spec, field", [({"name": "gpt"}, "name"), ({"name": "hf", "modle": "x"}, "modle"),
+                                         ({"name": "http", "model": "m"}, "base_url"),
+                                         ({"name": "http", "base_url": "http://x", "model": "m", "concurrency": 0},
+                                          "concurrency")])
+def test_bad_judge_specs_name_the_field(spec, field):
+    with pytest.raises(AnnotError, match=f"src: {field}"):
+        check_scale_judge_spec(spec, "src")
