@@ -230,8 +230,7 @@ def generate(claim, n, seed, polarity, world, genres, variant, out, stats, backe
 @click.option("--seed", type=click.IntRange(0), default=0, show_default=True)
 @click.option("--preview", type=click.IntRange(0), default=0, help="print N wrapped examples, inserted text highlighted")
 @click.option("--list", "list_", is_flag=True, help="list wrappers with their parameters and exit")
-@click.option("--as-document", is_flag=True, help="write transcripts out as plain-text documents "
-              "(data.transcript_format: document)")
+@click.option("--as-document", is_flag=True, help="transcripts as plain-text documents (data.transcript_format)")
 @friendly
 def wrap(inp, out, wrapper_name, params, seed, preview, list_, as_document):
     """Wrap the documents in INP (JSONL) with a disclaimer wrapper."""
@@ -257,13 +256,11 @@ def wrap(inp, out, wrapper_name, params, seed, preview, list_, as_document):
         raise AnnotError("wrap: missing input JSONL (annot wrap DOCS.jsonl -o OUT.jsonl --wrapper NAME)")
     w = get_wrapper(wrapper_name)
     resolved = w.resolve_params(_parse_params(params))
+    from annot.transcript_doc import check_form, transcripts_as_documents
     from annot.wrap import wrap_document
 
-    from annot.transcript_doc import check_form, transcripts_as_documents
-
     docs = _documents(inp)
-    if any("messages" in d for d in docs):
-        check_form(w, "document" if as_document else "chat", "--wrapper")
+    check_form(w, "document" if as_document or all("messages" not in d for d in docs) else "chat", "--wrapper")
     examples = [wrap_document(d, w, resolved, seed) for d in docs]
     examples = transcripts_as_documents(examples) if as_document else examples
     if out:

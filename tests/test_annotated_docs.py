@@ -173,3 +173,19 @@ def test_sweep_annotated_runs_find_the_plain_document_run_as_control():
             continue
         assert plain is not None and plain.wrapper == "none"
         assert plain.config["data"] == r.config["data"] and plain.seed == r.seed
+
+
+def test_cli_wrap_as_document(tmp_path, transcripts):
+    from click.testing import CliRunner
+
+    from annot.cli import main
+
+    src = tmp_path / "t.jsonl"
+    src.write_text(dumps_jsonl(transcripts[:3]))
+    out = tmp_path / "w.jsonl"
+    res = CliRunner().invoke(main, ["wrap", str(src), "-o", str(out), "--wrapper", "annotated_redteam", "--as-document"])
+    assert res.exit_code == 0, res.output
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["annotation"]["style"] for r in rows] == ["redteam"] * 3 and all("messages" not in r for r in rows)
+    res = CliRunner().invoke(main, ["wrap", str(src), "-o", str(tmp_path / "x.jsonl"), "--wrapper", "annotated_redteam"])
+    assert res.exit_code != 0 and "--as-document" in res.output and "Traceback" not in res.output
