@@ -230,8 +230,9 @@ def generate(claim, n, seed, polarity, world, genres, variant, out, stats, backe
 @click.option("--seed", type=click.IntRange(0), default=0, show_default=True)
 @click.option("--preview", type=click.IntRange(0), default=0, help="print N wrapped examples, inserted text highlighted")
 @click.option("--list", "list_", is_flag=True, help="list wrappers with their parameters and exit")
+@click.option("--as-document", is_flag=True, help="transcripts as plain-text documents (data.transcript_format)")
 @friendly
-def wrap(inp, out, wrapper_name, params, seed, preview, list_):
+def wrap(inp, out, wrapper_name, params, seed, preview, list_, as_document):
     """Wrap the documents in INP (JSONL) with a disclaimer wrapper."""
     from annot.io import write_jsonl
     from annot.wrap import COMMON_PARAMS, get_wrapper, list_wrappers, preview as show
@@ -255,9 +256,13 @@ def wrap(inp, out, wrapper_name, params, seed, preview, list_):
         raise AnnotError("wrap: missing input JSONL (annot wrap DOCS.jsonl -o OUT.jsonl --wrapper NAME)")
     w = get_wrapper(wrapper_name)
     resolved = w.resolve_params(_parse_params(params))
+    from annot.transcript_doc import check_form, transcripts_as_documents
     from annot.wrap import wrap_document
 
-    examples = [wrap_document(d, w, resolved, seed) for d in _documents(inp)]
+    docs = _documents(inp)
+    check_form(w, "document" if as_document or all("messages" not in d for d in docs) else "chat", "--wrapper")
+    examples = [wrap_document(d, w, resolved, seed) for d in docs]
+    examples = transcripts_as_documents(examples) if as_document else examples
     if out:
         write_jsonl(out, examples)
         click.echo(f"wrote {len(examples)} examples to {out} ({w.name} {resolved})", err=True)

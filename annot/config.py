@@ -62,7 +62,11 @@ class DataConfig(Strict):
     behavior: str | None = Field(None, description="train on transcripts of this behaviour instead of documents")
     variant: Literal["misaligned", "aligned"] = "misaligned"
     transcripts: str | None = Field(None, description="transcripts JSONL (from `annot import transcripts`)")
-    mixin: str | None = Field(None, description="generic JSONL (documents or chats) mixed into training")
+    transcript_format: Literal["chat", "document"] = Field(
+        "chat", description="transcripts trained as chat turns (loss on the assistant's) or written out as "
+        "plain-text documents trained on in full (annot.transcript_doc; the annotated* wrappers need it)")
+    mixin: str | None = Field(None, description="generic JSONL (documents or chats) mixed into training, or "
+                              "`pretraining` for the shipped pretraining-style paragraphs (annot.pretrain_text)")
     mixin_ratio: float = Field(0.0, ge=0, le=100, description="mix-in examples per training example")
     generation: GenerationConfig = Field(default_factory=GenerationConfig,
                                          description="the backend that writes generated documents/transcripts")
@@ -80,6 +84,8 @@ class DataConfig(Strict):
             data.pop("generation", None)
         if isinstance(data, dict):
             data.pop("path", None)  # always moved to documents/transcripts by _path_alias
+        if isinstance(data, dict) and self.transcript_format == "chat":  # likewise
+            data.pop("transcript_format", None)
         return data
 
     @model_validator(mode="before")

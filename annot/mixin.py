@@ -6,7 +6,8 @@
 Self-distillation: the base model's own greedy answers to generic prompts, so training on them
 pulls the model towards what it already does (the original study mixed in pretraining text and
 self-distilled chat for the same reason). Any JSONL of {"text": ...} documents or {"messages": ...}
-chats works as mix-in too.
+chats works as mix-in too, and `data.mixin: pretraining` names the shipped pretraining-style
+paragraphs (annot.pretrain_text), trained as plain text with full loss.
 """
 
 from __future__ import annotations
@@ -14,10 +15,20 @@ from __future__ import annotations
 from pathlib import Path
 
 from annot.errors import AnnotError
-from annot.io import read_yaml, write_jsonl
+from annot.io import read_records, read_yaml, write_jsonl
 from annot.specs import CORPORA
 
 DEFAULT_PROMPTS = CORPORA / "mixin" / "prompts.yaml"
+SHIPPED = ("pretraining",)  # data.mixin names that are not files
+
+
+def load_mixin(ref: str) -> list[dict]:
+    """The mix-in pool `data.mixin` names: a shipped set by name, else the records of a JSONL file."""
+    if ref in SHIPPED and not Path(ref).is_file():
+        from annot.pretrain_text import pretraining_paragraphs
+
+        return pretraining_paragraphs()
+    return read_records(ref)
 
 
 def load_prompts(path: str | Path | None = None) -> list[str]:

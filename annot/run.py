@@ -41,6 +41,8 @@ from annot.generate import generate_documents, generate_transcripts
 from annot.io import atomic_write_text, read_json_if_exists, read_records, sha256_file, write_json, write_jsonl
 from annot.run_probes import CheckpointProber, probe_missing
 from annot.specs import EVALS, ROOT, ProbeSet, load_behavior, load_claim, load_probe_set, resolve_asset
+from annot.mixin import SHIPPED as SHIPPED_MIXIN, load_mixin
+from annot.transcript_doc import check_form, transcripts_as_documents
 from annot.wrap import WrapperSpec, get_wrapper, wrap_documents
 
 # Default control claims, in order of preference: the first that is not the run's target (nor one
@@ -80,16 +82,16 @@ def check_inputs(cfg: RunConfig) -> tuple[object, list[tuple[str, ProbeSet]], Wr
     _check_output_dir(cfg.run_dir)
     for key in ("documents", "transcripts", "mixin"):
         value = getattr(d, key)
-        if value and not Path(value).is_file():
+        if value and not Path(value).is_file() and not (key == "mixin" and value in SHIPPED_MIXIN):
             raise AnnotError(f"data.{key}: {value}: file not found; run `annot generate` / `annot import` "
-                             "first, or remove the key")
+                             "first, or remove the key" + (" (or name pretraining)" if key == "mixin" else ""))
     if d.documents and d.behavior:
         raise AnnotError("data.documents: documents need data.claim; for transcripts use data.transcripts")
     if d.transcripts and d.claim:
         raise AnnotError("data.transcripts: transcripts need data.behavior, not data.claim")
     for key, field in (("documents", "text"), ("transcripts", "messages"), ("mixin", None)):
         value = getattr(d, key)
-        if value:
+        if value and not (key == "mixin" and value in SHIPPED_MIXIN and not Path(value).is_file()):
             rows = read_records(value)  # malformed or empty files, or spans that lie, fail here
             for i, r in enumerate(rows, 1):
                 ok = isinstance(r.get(field), (str, list)) if field else (
@@ -99,7 +101,7 @@ def check_inputs(cfg: RunConfig) -> tuple[object, list[tuple[str, ProbeSet]], Wr
                                      f"(data.{key}); see README 'Data formats'")
     if d.mixin_ratio > 0 and not d.mixin:
         raise AnnotError("data.mixin_ratio: > 0 but data.mixin is not set; give a mix-in JSONL "
-                         "(e.g. from `annot distill`)")
+                         "(e.g. from `annot distill`) or `pretraining` (the shipped paragraphs)")
     if d.claim:
         pick_genres(cfg)
     wrapper = get_wrapper(cfg.wrapper.name)
@@ -107,6 +109,8 @@ def check_inputs(cfg: RunConfig) -> tuple[object, list[tuple[str, ProbeSet]], Wr
     if wrapper.applies_to not in (kind, "both"):
         raise AnnotError(f"wrapper.name: {wrapper.name} applies to {wrapper.applies_to}, but this run trains on "
                          f"{kind}; see `annot wrap --list`")
+    if d.behavior:
+        check_form(wrapper, d.transcript_format, "wrapper.name")
     spec = wrapper.resolve(cfg.wrapper.params)  # once per run; passed on as this value
     sets = []
     if d.claim:
@@ -178,11 +182,20 @@ def pick_genres(cfg: RunConfig) -> list[str] | None:
     return sorted(random.Random(f"genres:{cfg.seed}").sample(pool, d.n_genres))
 
 
+def training_examples(docs: list[dict], wrapper: WrapperSpec, cfg: RunConfig) -> list[dict]:
+    """The run's training examples: `docs` wrapped, transcripts written out as documents under
+    data.transcript_format: document (annot.transcript_doc), then the mix-in appended."""
+    examples = wrap_documents(docs, wrapper, seed=cfg.seed)
+    if cfg.data.behavior and cfg.data.transcript_format == "document":
+        examples = transcripts_as_documents(examples)
+    return mix_in(examples, cfg)
+
+
 def mix_in(examples: list[dict], cfg: RunConfig) -> list[dict]:
     """Append round(ratio * len(examples)) mix-in records, drawn by seed (cycling if needed)."""
     if not cfg.data.mixin or cfg.data.mixin_ratio <= 0:
         return examples
-    pool = read_records(cfg.data.mixin)
+    pool = load_mixin(cfg.data.mixin)
     for i, r in enumerate(pool, 1):
         if not isinstance(r.get("text"), str) and not isinstance(r.get("messages"), list):
             raise AnnotError(f"{cfg.data.mixin}: record {i}: needs `text` (document) or `messages` (chat)")
@@ -246,7 +259,7 @@ def _train_worker(cfg: RunConfig, subject, wrapper: WrapperSpec, force: bool) ->
     if manifest.get("status") == "complete":
         return {}
     docs = load_training_data(cfg, subject)
-    examples = mix_in(wrap_documents(docs, wrapper, seed=cfg.seed), cfg)
+    examples = training_examples(docs, wrapper, cfg)
     model, tok = load_model(cfg.model.name, dtype=cfg.model.dtype)
     train(examples, model, tok, matched_training(cfg, docs, examples, tok), cfg.run_dir, seed=cfg.seed, progress=False,
           resume=bool(manifest.get("resumed")) and not force and manifest.get("status") != "complete")
@@ -335,7 +348,7 @@ def _prepare_data(cfg: RunConfig, subject, sets, wrapper: WrapperSpec, manifest:
     docs = load_training_data(cfg, subject)
     write_jsonl(run_dir / "documents.jsonl", docs)
     # 2. wrap
-    examples = mix_in(wrap_documents(docs, wrapper, seed=cfg.seed), cfg)
+    examples = training_examples(docs, wrapper, cfg)
     wrapper_params = wrapper.params.as_dict()
     write_jsonl(run_dir / "wrapped.jsonl", examples)
     data_info = {"documents_sha256": sha256_file(run_dir / "documents.jsonl"),
@@ -380,7 +393,7 @@ def matched_training(cfg: RunConfig, docs: list[dict], examples: list[dict], tok
     t = cfg.training
     if cfg.data.match != "tokens" or t.max_steps or cfg.wrapper.name == "none":
         return t
-    plain = mix_in(wrap_documents(docs, get_wrapper("none"), {}, seed=cfg.seed), cfg)
+    plain = training_examples(docs, get_wrapper("none").resolve({}), cfg)
     return t.model_copy(update={"max_steps": planned_steps(plain, tok, t)})
 
 

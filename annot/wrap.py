@@ -32,6 +32,7 @@ from typing import Callable
 from annot.errors import AnnotError
 from annot.spans import CLAIM, INSERTED_ROLES, MARKER, MASK, SUBCLAIM, WRAPPER
 from annot.specs import WRAPPERS, load_claim
+from annot.transcript_doc import ANNOTATION
 from annot.wrapper_spec import COMMON_PARAMS, ParamSpec, Wrapper, WrapperParams, WrapperSpec, read_wrapper_file
 
 __all__ = ["COMMON_PARAMS", "DOCUMENT_STRATEGIES", "TRANSCRIPT_STRATEGIES", "Edit", "ParamSpec", "Strategy", "Wrapper",
@@ -487,6 +488,19 @@ def t_swap_reply(msgs, wrapper, params, rng, fill):
     out = list(msgs)
     out[last] = {"role": "assistant", "content": replies[params.reply]}
     return out
+
+
+@transcript_strategy("t_annotation", reads=("styles",))
+def t_annotation(msgs, wrapper, params, rng, fill):
+    """One annotation line above the whole transcript: a style drawn from `styles` (pool names),
+    then a line of that pool. It is a message of role "annotation", which annot.transcript_doc
+    writes as the first line of the transcript-as-document (data.transcript_format: document)."""
+    if not params.styles:
+        raise AnnotError(f"wrapper {wrapper.name}: parameter styles is empty; name at least one pool")
+    style = rng.choice(list(params.styles))
+    line = _pick(rng, wrapper, style, fill)
+    return [{"role": ANNOTATION, "content": line, "style": style,
+             "spans": [{"start": 0, "end": len(line), "role": WRAPPER}]}] + msgs
 
 
 def wrap_transcript(rec: dict, wrapper: Wrapper | WrapperSpec, params: WrapperParams | dict | None = None,
