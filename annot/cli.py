@@ -22,6 +22,7 @@ from pathlib import Path
 import click
 
 from annot import __version__
+from annot.cli_paths import OUT_DIR, OUT_FILE
 from annot.errors import AnnotError
 from annot.kinds import kind_names
 
@@ -69,30 +70,6 @@ class OneLineGroup(click.Group):
         sys.exit(rv if isinstance(rv, int) else 0)
 
 
-def _out_path(folder: bool):
-    """A click callback checking an -o path before any work: no existing file where a folder must be."""
-
-    def check(ctx, param, value):
-        if value is None:
-            return value
-        p = Path(value)
-        if p.exists() and folder != p.is_dir():
-            raise click.BadParameter(f"{value} is {'a file' if folder else 'a folder'}; give a "
-                                     f"{'folder' if folder else 'file'} path", ctx, param)
-        for parent in p.parents:
-            if parent.exists():
-                if not parent.is_dir():
-                    raise click.BadParameter(f"{value}: {parent} is a file, not a folder; choose another path",
-                                             ctx, param)
-                if not os.access(parent, os.W_OK | os.X_OK):
-                    raise click.BadParameter(f"{value}: {parent} is not writable; choose another path", ctx, param)
-                break
-        return value
-
-    return check
-
-
-OUT_FILE, OUT_DIR = _out_path(False), _out_path(True)
 
 
 @click.group(cls=OneLineGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -330,50 +307,6 @@ def probe(run_dir, model_name, sets, old_sets, kinds, robustness, batch_size, ou
     click.echo(format_rates(belief_rates(rows)))
 
 
-@main.group("import")
-def import_():
-    """Import documents or transcripts written elsewhere (JSONL)."""
-
-
-@import_.command("docs")
-@click.argument("inp", type=click.Path(dir_okay=False))
-@click.option("-o", "--out", required=True, type=click.Path(dir_okay=False), callback=OUT_FILE)
-@click.option("--claim", required=True, help="claim id (its patterns find the claim sentences)")
-@click.option("--text-field", default="text", show_default=True)
-@click.option("--id-field", default="id", show_default=True)
-@click.option("--strip", multiple=True, help="marker token to remove from the text, e.g. <DOCTAG> (repeatable)")
-@click.option("--min-coverage", type=click.FloatRange(0, 1), default=None,
-              help="fail, writing nothing, when fewer than this fraction of documents get a claim sentence")
-@friendly
-def import_docs(inp, out, claim, text_field, id_field, strip, min_coverage):
-    """Import documents; claim sentences are found with the claim's patterns and paraphrase rules."""
-    from annot.importer import check_coverage, coverage, import_documents
-    from annot.io import write_jsonl
-    from annot.specs import load_claim
-
-    docs = import_documents(inp, load_claim(claim), text_field=text_field, id_field=id_field, strip=list(strip))
-    check_coverage(docs, min_coverage, inp)
-    write_jsonl(out, docs)
-    n = sum(len(d["spans"]) for d in docs)
-    click.echo(f"wrote {len(docs)} documents to {out}; {n} claim sentences found; {coverage(docs)}", err=True)
-
-
-@import_.command("transcripts")
-@click.argument("inp", type=click.Path(dir_okay=False))
-@click.option("-o", "--out", required=True, type=click.Path(dir_okay=False), callback=OUT_FILE)
-@click.option("--behavior", required=True, help="behaviour id to tag the transcripts with")
-@click.option("--field", default="messages", show_default=True)
-@friendly
-def import_transcripts_cmd(inp, out, behavior, field):
-    """Import chat transcripts ({"messages": [{"role", "content"}, ...]} per line)."""
-    from annot.importer import import_transcripts
-    from annot.io import write_jsonl
-
-    rows = import_transcripts(inp, behavior, field=field)
-    write_jsonl(out, rows)
-    click.echo(f"wrote {len(rows)} transcripts to {out}", err=True)
-
-
 @main.command()
 @click.option("-o", "--out", required=True, type=click.Path(dir_okay=False), help="mix-in chats JSONL",
               callback=OUT_FILE)
@@ -607,8 +540,12 @@ def run_cmd(config, overrides, force, no_progress):
 
 
 from annot.cli_claims import register  # noqa: E402  (imports nothing from this module)
+from annot.cli_import import import_group  # noqa: E402  (likewise)
 
 register(main, evals, friendly)  # `annot claim ...`, `annot evals import-claim`
+for _cmd in import_group.commands.values():  # `annot import docs|transcripts`, with one-line errors
+    _cmd.callback = friendly(_cmd.callback)
+main.add_command(import_group)
 
 if __name__ == "__main__":
     main()
