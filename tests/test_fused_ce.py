@@ -59,12 +59,14 @@ def test_fused_head_is_refused_when_the_model_post_processes_its_logits(tiny):
             out.logits = 30 * torch.tanh(out.logits / 30)
             return out
 
+    weight = model.get_output_embeddings().weight  # the session's shared model: restored exactly below
+    kept = weight.detach().clone()
     with torch.no_grad():
-        model.get_output_embeddings().weight.mul_(50)  # large logits so the cap shows
+        weight.mul_(50)  # large logits so the cap shows
         try:
             assert fused_head(Scaled(model)) is None
         finally:
-            model.get_output_embeddings().weight.div_(50)
+            weight.copy_(kept)
 
 
 def test_training_with_the_fused_loss_equals_the_logits_path(mira, tmp_path, monkeypatch):

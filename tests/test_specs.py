@@ -83,6 +83,7 @@ def test_every_corpus_file_loads_with_its_loader():
     """Every YAML under corpora/ (recursively) is one of the known asset kinds and validates."""
     from annot.gen.prompts import load_prompt_file
     from annot.mixin import load_prompts
+    from annot.pretrain_text import pretraining_paragraphs
     from annot.specs import load_behavior
 
     files = sorted(CORPORA.rglob("*.yaml"))
@@ -93,6 +94,8 @@ def test_every_corpus_file_loads_with_its_loader():
             load_claim(f)
         elif rel[0] == "behaviors":
             load_behavior(f)
+        elif rel == ("mixin", "pretraining.yaml"):
+            assert len(pretraining_paragraphs(f)) >= 200
         elif rel[0] == "mixin":
             assert load_prompts(f)
         elif rel == ("genres.yaml",):
