@@ -275,3 +275,16 @@ def read_json_if_exists(path: str | os.PathLike):
         return json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError):
         return None
+
+
+def read_prompt_yaml(path: Path, extra: str) -> dict:
+    """A judge prompt YAML (`system`, `template`, and `extra`): unknown keys and an empty system or
+    template are one-line errors naming the file and the key."""
+    data = read_yaml(path)
+    unknown = sorted(set(data) - {"system", "template", extra})
+    if unknown:
+        raise AnnotError(f"{path}: {unknown[0]}: unknown key; valid keys are system, template, {extra}")
+    for key in ("system", "template"):
+        if not isinstance(data.get(key), str) or not data[key].strip():
+            raise AnnotError(f"{path}: {key}: required, a non-empty string")
+    return data

@@ -48,7 +48,7 @@ from typing import Any, Callable, Protocol, runtime_checkable
 
 from annot.chat import eval_mode, render
 from annot.errors import AnnotError
-from annot.io import read_yaml
+from annot.io import read_prompt_yaml
 from annot.judge_prompts import hf_continuations, json_verdict, label_of, template_messages
 from annot.specs import EVALS, ROOT
 
@@ -233,13 +233,7 @@ def resolve_rubric(ref: str | os.PathLike) -> Path:
 def load_rubric(ref: str | os.PathLike = DEFAULT_RUBRIC) -> Rubric:
     """Load and validate a rubric; every problem names the file and the field."""
     path = resolve_rubric(ref)
-    data = read_yaml(path)
-    unknown = sorted(set(data) - {"system", "template", "label_words"})
-    if unknown:
-        raise AnnotError(f"{path}: {unknown[0]}: unknown key; valid keys are system, template, label_words")
-    for key in ("system", "template"):
-        if not isinstance(data.get(key), str) or not data[key].strip():
-            raise AnnotError(f"{path}: {key}: required, a non-empty string")
+    data = read_prompt_yaml(path, "label_words")
     words = data.get("label_words")
     if not isinstance(words, dict) or len(words) != 3:
         raise AnnotError(f"{path}: label_words: must map exactly three labels (positive, negative, neutral) "

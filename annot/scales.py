@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from annot.errors import AnnotError
-from annot.io import read_yaml
+from annot.io import read_prompt_yaml
 from annot.specs import EVALS, ROOT
 
 SCALES = EVALS / "scales"
@@ -64,13 +64,7 @@ def load_scale_rubric(ref: str) -> ScaleRubric:
     if path is None:
         known = ", ".join(sorted(f.stem for f in SCALES.glob("*.yaml")))
         raise AnnotError(f"{ref}: scale rubric not found; known: {known} (or a path to a YAML file)")
-    data = read_yaml(path)
-    unknown = sorted(set(data) - {"system", "template", "escapes"})
-    if unknown:
-        raise AnnotError(f"{path}: {unknown[0]}: unknown key; valid keys are system, template, escapes")
-    for key in ("system", "template"):
-        if not isinstance(data.get(key), str) or not data[key].strip():
-            raise AnnotError(f"{path}: {key}: required, a non-empty string")
+    data = read_prompt_yaml(path, "escapes")
     try:
         fields = {f for _, f, _, _ in string.Formatter().parse(data["template"]) if f is not None}
     except ValueError as e:
