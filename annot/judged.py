@@ -9,6 +9,13 @@ Scopes (probes.behavior_judge.scopes):
 - everyday: ordinary requests (evals/scopes/everyday.yaml).
 Each row carries `scope`; the analysis keys it as kind `behavior_judged@<scope>` (reported apart from
 the paired log-likelihood kind `behavior`, never pooled with it).
+
+The paired log-likelihood metric has the same scopes: targeted is kind `behavior` (the scenarios'
+misaligned vs aligned replies, every transcript run), broad and everyday are kind `behavior` rows with
+`scope` set (paired_scope_rows: each scope question's own misaligned / aligned reply), keyed
+`behavior@broad` and `behavior@everyday`, never pooled with each other or with `behavior`.
+
+    rows = paired_scope_rows(model, tok, cfg, step)   # kind behavior, scope broad / everyday
 """
 
 from __future__ import annotations
@@ -24,6 +31,26 @@ SCOPE_FILES = EVALS / "scopes"
 KIND = "behavior_judged"
 
 
+PAIRED_SCOPES = ("broad", "everyday")  # targeted's pairs are the behaviour's scenarios (kind behavior)
+_FIELDS = ("id", "question", "misaligned", "aligned")
+
+
+def _scope_file(scope: str) -> list[dict]:
+    """The validated questions of evals/scopes/<scope>.yaml, each with its paired replies."""
+    path = SCOPE_FILES / f"{scope}.yaml"
+    data = read_yaml(path)
+    qs = data.get("questions")
+    if data.get("scope") != scope or not isinstance(qs, list) or not qs:
+        raise AnnotError(f"{path}: needs `scope: {scope}` and a non-empty `questions` list")
+    for i, q in enumerate(qs):
+        if not isinstance(q, dict) or set(q) != set(_FIELDS) or not all(isinstance(v, str) and v for v in q.values()):
+            raise AnnotError(f"{path}: questions.{i}: needs exactly {', '.join(f'`{f}`' for f in _FIELDS)}, "
+                             "non-empty strings (the question, a misaligned and an aligned reply)")
+    if len({q["id"] for q in qs}) != len(qs):
+        raise AnnotError(f"{path}: questions: ids must be unique")
+    return qs
+
+
 def scope_questions(scope: str, behavior: str | None = None) -> list[tuple[str, str]]:
     """(id, question) of one scope; targeted needs the behaviour whose probes it reads."""
     if scope == "targeted":
@@ -33,19 +60,36 @@ def scope_questions(scope: str, behavior: str | None = None) -> list[tuple[str, 
             raise AnnotError("behavior_judged: the targeted scope needs data.behavior (a transcript run)")
         probes = load_behavior_probes(behavior)
         return [(s.id, s.user) for s in probes.scenarios] + [(q.id, q.question) for q in probes.questions]
-    path = SCOPE_FILES / f"{scope}.yaml"
-    data = read_yaml(path)
-    qs = data.get("questions")
-    if data.get("scope") != scope or not isinstance(qs, list) or not qs:
-        raise AnnotError(f"{path}: needs `scope: {scope}` and a non-empty `questions` list")
-    out = []
-    for i, q in enumerate(qs):
-        if not isinstance(q, dict) or set(q) != {"id", "question"} or not all(isinstance(v, str) and v for v in q.values()):
-            raise AnnotError(f"{path}: questions.{i}: needs exactly `id` and `question`, non-empty strings")
-        out.append((q["id"], q["question"]))
-    if len({i for i, _ in out}) != len(out):
-        raise AnnotError(f"{path}: questions: ids must be unique")
-    return out
+    return [(q["id"], q["question"]) for q in _scope_file(scope)]
+
+
+def scope_pairs(scope: str) -> list[tuple[str, str, str, str]]:
+    """(id, question, misaligned reply, aligned reply) of a broad or everyday scope question."""
+    if scope not in PAIRED_SCOPES:
+        raise AnnotError(f"{scope}: paired replies live in {', '.join(PAIRED_SCOPES)}; the targeted scope's are "
+                         "the behaviour's scenarios")
+    return [tuple(q[f] for f in _FIELDS) for q in _scope_file(scope)]
+
+
+def paired_scope_rows(model, tok, cfg, step: int) -> list[dict]:
+    """kind behavior rows of the broad and everyday scopes (`scope` set, so the analysis keys them
+    behavior@broad, behavior@everyday): the same paired log-likelihood instrument as the targeted
+    scenarios, on each scope question's misaligned vs aligned reply."""
+    from annot.probe import probe_pairs
+
+    rows = []
+    for scope in PAIRED_SCOPES:
+        pairs = [(i, q, m, a) for i, q, m, a in scope_pairs(scope)]
+        rows += probe_pairs(model, tok, cfg.data.behavior, pairs, run=cfg.name, step=step,
+                            batch_size=cfg.probes.batch_size, scope=scope)
+    return rows
+
+
+def scope_files_sha() -> str:
+    """One hash over the scope files (part of the step-0 cache key: edited questions re-probe the base)."""
+    import hashlib
+
+    return hashlib.sha256(b"".join(p.read_bytes() for p in sorted(SCOPE_FILES.glob("*.yaml")))).hexdigest()[:16]
 
 
 @lru_cache(maxsize=4)

@@ -126,14 +126,23 @@ def probe_behavior(model, tokenizer, probes, *, run: str, step: int, batch_size:
                    system: str | None = None, context: str | None = None) -> list[dict]:
     """Behaviour probe (annot.kinds.behavior) over a behaviour's held-out scenarios: does the model
     prefer the misaligned reply? `believes` = prefers misaligned, so the rate is the misalignment rate."""
-    reqs = [Request(probes.behavior, probes.behavior,
-                    ProbeItem(id=sc.id, kind="behavior", question=sc.user, choices=[sc.misaligned, sc.aligned],
-                              belief=0)) for sc in probes.scenarios]
+    pairs = [(sc.id, sc.user, sc.misaligned, sc.aligned) for sc in probes.scenarios]
+    return probe_pairs(model, tokenizer, probes.behavior, pairs, run=run, step=step, batch_size=batch_size,
+                       system=system, context=context)
+
+
+def probe_pairs(model, tokenizer, behavior: str, pairs: list[tuple[str, str, str, str]], *, run: str, step: int,
+                batch_size: int = 16, system: str | None = None, context: str | None = None,
+                scope: str | None = None) -> list[dict]:
+    """Kind behavior rows over (id, user turn, misaligned reply, aligned reply) pairs; `scope` marks
+    rows of an evaluation scope other than the behaviour's own scenarios (annot.judged)."""
+    reqs = [Request(behavior, behavior, ProbeItem(id=i, kind="behavior", question=q, choices=[m, a], belief=0))
+            for i, q, m, a in pairs]
     with eval_mode(model):
         rows = score_items(model, tokenizer, reqs, batch_size, Setting(name=context or "", system=system))
-    # behaviour rows keep their layout: run fields first, the context last
+    # behaviour rows keep their layout: run fields first, the context (or scope) last
     return [{"run": run, "checkpoint": f"step-{step}", "step": step, **{k: v for k, v in r.items() if k != "context"},
-             **({"context": context} if context else {})} for r in rows]
+             **({"context": context} if context else {}), **({"scope": scope} if scope else {})} for r in rows]
 
 
 def load_coherence_texts(path=None) -> list[str]:

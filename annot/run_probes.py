@@ -218,8 +218,14 @@ def base_probe_key(cfg: RunConfig, manifest: dict) -> str:
            "kinds": list(cfg.probes.kinds), "probes": cfg.probes.model_dump(mode="json"), "seed": cfg.seed,
            "in_context_data": (manifest.get("data") or {}).get("wrapped_sha256") if cfg.probes.in_context_k else None, "behavior": cfg.data.behavior, "annot": __version__,
            "behavior_probes": sha256_file(resolve_asset(cfg.data.behavior, EVALS / "behaviors", "behavior probe set"))
-           if cfg.data.behavior else None}
+           if cfg.data.behavior else None, "scopes": _scopes_sha() if cfg.data.behavior else None}
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:32]
+
+
+def _scopes_sha() -> str:
+    from annot.judged import scope_files_sha
+
+    return scope_files_sha()
 
 
 def _base_cache(key: str) -> Path:
@@ -245,13 +251,16 @@ def store_base_rows(key: str, rows: list[dict]) -> None:
 
 def behavior_rows(model, tok, cfg: RunConfig, step: int) -> list[dict]:
     """Behaviour probes for transcript runs: misaligned-vs-aligned preference on held-out scenarios
-    (kind "behavior", per named context too) and judged answers to open questions ("behavior_open")."""
+    (kind "behavior", per named context too) and on the broad and everyday scope questions (kind
+    "behavior" with `scope`) and judged answers to open questions ("behavior_open")."""
+    from annot.judged import paired_scope_rows
     from annot.probe import ProbeItem, Setting, probe_behavior, score_items
     from annot.scoring import Request
     from annot.specs import load_behavior_probes
 
     probes = load_behavior_probes(cfg.data.behavior)
     rows = probe_behavior(model, tok, probes, run=cfg.name, step=step, batch_size=cfg.probes.batch_size)
+    rows += paired_scope_rows(model, tok, cfg, step)  # the same instrument on the broad and everyday scopes
     if cfg.probes.contexts:
         for name, system in probes.contexts.items():
             rows += probe_behavior(model, tok, probes, run=cfg.name, step=step, batch_size=cfg.probes.batch_size,

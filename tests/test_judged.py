@@ -77,3 +77,55 @@ def test_default_config_dump_is_unchanged():
     cfg = config_from_dict({"name": "x", "data": {"behavior": "power_seeking"}})
     assert "behavior_judge" not in cfg.model_dump(mode="json")["probes"]
     assert "behavior_judge" in _cfg().model_dump(mode="json")["probes"]
+
+
+def test_broad_and_everyday_questions_carry_a_paired_reply_of_similar_length():
+    from annot.judged import PAIRED_SCOPES, scope_pairs
+
+    for scope in PAIRED_SCOPES:
+        pairs = scope_pairs(scope)
+        assert len(pairs) >= 8 and [p[:2] for p in pairs] == scope_questions(scope)
+        for pid, _, mis, ali in pairs:
+            ratio = len(mis.split()) / len(ali.split())
+            assert mis != ali and 0.6 < ratio < 1.6, (pid, ratio)  # length alone must not decide the pair
+    with pytest.raises(AnnotError, match="targeted scope's are the behaviour's scenarios"):
+        scope_pairs("targeted")
+
+
+def test_scope_file_without_paired_replies_names_the_field(tmp_path, monkeypatch):
+    import annot.judged as judged
+
+    (tmp_path / "broad.yaml").write_text("scope: broad\nquestions:\n  - {id: a, question: 'Hi?'}\n")
+    monkeypatch.setattr(judged, "SCOPE_FILES", tmp_path)
+    with pytest.raises(AnnotError, match="broad.yaml: questions.0: needs exactly `id`, `question`, `misaligned`"):
+        judged.scope_pairs("broad")
+
+
+def test_paired_scope_rows_use_the_targeted_instrument_and_stay_apart(tiny):
+    """broad / everyday rows are kind behavior with their scope: the same score the targeted scenarios
+    get for the same pair, keyed behavior@<scope> in rates and analysis, never pooled into behavior."""
+    from types import SimpleNamespace
+
+    from annot.analyze_runs import _build_cells
+    from annot.judged import paired_scope_rows, scope_pairs
+    from annot.probe import probe_behavior
+    from annot.rates import belief_rates
+
+    model, tok = tiny
+    cfg = _cfg()
+    rows = paired_scope_rows(model, tok, cfg, step=0)
+    assert {r["kind"] for r in rows} == {"behavior"} and [r["scope"] for r in rows] == ["broad"] * 10 + ["everyday"] * 10
+    assert all(r["claim"] == "power_seeking" and 0 < r["p_belief"] < 1 for r in rows)
+    pid, q, mis, ali = scope_pairs("everyday")[3]
+    as_scenario = SimpleNamespace(behavior="power_seeking", scenarios=[SimpleNamespace(id=pid, user=q, misaligned=mis,
+                                                                                       aligned=ali)])
+    same = probe_behavior(model, tok, as_scenario, run="j", step=0)[0]
+    mine = next(r for r in rows if r["probe_id"] == pid)
+    assert mine["score"] == pytest.approx(same["score"], abs=1e-5) and mine["believes"] == same["believes"]
+    targeted = probe_behavior(model, tok, SimpleNamespace(behavior="power_seeking", scenarios=as_scenario.scenarios),
+                              run="j", step=0)
+    rates = belief_rates(rows + targeted)[0]
+    assert {"behavior@broad", "behavior@everyday", "behavior"} <= set(rates) and rates["n"] == 1
+    _, cells = _build_cells(rows + targeted, "power_seeking")
+    assert len(cells[("power_seeking", "behavior@broad")].items) == 10
+    assert cells[("power_seeking", "pooled:behavior")].items == ["behavior:power_seeking/" + pid]
