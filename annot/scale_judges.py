@@ -12,6 +12,9 @@ the probability that no further digit follows. All numbers' tokens go through th
 forward pass after the judging prompt, as a token tree (each token attends to the prompt and its own
 prefix only; a 4-D attention mask and position ids), so a reply costs one forward of prompt + ~101
 tokens. An escape word (CODE, REFUSAL) wins when its first token is more likely than all the numbers.
+`batch_size` (8) prompts share one forward, left padded; verdicts are cached on disk by (judge model,
+dtype, rubric, prompt, reply) ($ANNOT_CACHE/judge_scores; `cache: false` or `cache_dir:`), so a resumed
+or re-analysed run runs no forward twice.
 
 http: any OpenAI-compatible chat endpoint through annot.gen's client (retries with backoff on
 429/5xx and dropped connections), `concurrency` requests in flight, asking for `top_logprobs` of one
@@ -32,7 +35,7 @@ from annot.errors import AnnotError
 from annot.scales import ScaleRubric, ScaleScore, escape_of, expected_score, parse_number, score_from_top_logprobs
 
 SCALE_JUDGES = ("hf", "http")
-_KEYS = {"hf": {"name", "model", "dtype"},
+_KEYS = {"hf": {"name", "model", "dtype", "batch_size", "cache", "cache_dir"},
          "http": {"name", "base_url", "model", "api_key_env", "concurrency", "timeout", "max_retries", "backoff",
                   "top_logprobs", "max_tokens", "cache", "cache_dir"}}
 
@@ -57,15 +60,20 @@ def check_scale_judge_spec(spec, source: str) -> None:
             v = spec.get(key)
             if v is not None and (not isinstance(v, (int, float)) or isinstance(v, bool) or v < 0):
                 raise AnnotError(f"{source}: {key}: must be a number >= 0, got {v!r}")
-    elif spec.get("model") is not None and not isinstance(spec["model"], str):
-        raise AnnotError(f"{source}: model: a model alias, path or id (null: the run's base model)")
+    else:
+        if spec.get("model") is not None and not isinstance(spec["model"], str):
+            raise AnnotError(f"{source}: model: a model alias, path or id (null: the run's base model)")
+        v = spec.get("batch_size")
+        if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
+            raise AnnotError(f"{source}: batch_size: must be an integer >= 1, got {v!r}")
 
 
 def make_scale_judge(spec: dict, default_model: str = "smollm2-135m", source: str = "judge"):
     """A scale judge from its spec; hf's `model: null` means `default_model` (the run's base model)."""
     check_scale_judge_spec(spec, source)
     if spec["name"] == "hf":
-        return HFScaleJudge(spec.get("model") or default_model, spec.get("dtype", "auto"))
+        return HFScaleJudge(spec.get("model") or default_model, spec.get("dtype", "auto"), spec.get("batch_size", 8),
+                            spec.get("cache", True), spec.get("cache_dir"))
     return HTTPScaleJudge(**{k: v for k, v in spec.items() if k != "name"})
 
 
@@ -84,75 +92,173 @@ def _digit_tokens(tok) -> list[int]:
 
 
 class HFScaleJudge:
-    """A local causal LM scoring on 0-100 by the exact probability of each number (module docstring)."""
+    """A local causal LM scoring on 0-100 by the exact probability of each number (module docstring).
+
+    `batch_size` judging prompts go through one forward (left padded: every row's prompt ends where the
+    token tree starts, so one tree layout serves the batch); verdicts are cached on disk by (judge
+    model, dtype, rubric, prompt, reply) under `cache_dir` (default $ANNOT_CACHE/judge_scores), so a
+    resumed or re-analysed run runs no forward twice. `forwards` counts the forwards run."""
 
     name = "hf"
 
-    def __init__(self, model: str, dtype: str = "auto"):
+    def __init__(self, model: str, dtype: str = "auto", batch_size: int = 8, cache: bool = True,
+                 cache_dir: str | None = None):
         from annot.models import load_model
 
-        self.model_name = model
-        self.model, self.tokenizer = load_model(model, dtype=dtype)
-        self.id = f"hf:{model}"
+        self._setup(*load_model(model, dtype=dtype), model, dtype, batch_size, _cache_root("judge_scores", cache, cache_dir))
+
+    @classmethod
+    def loaded(cls, model, tokenizer, name: str, dtype: str = "auto", batch_size: int = 8,
+               cache_dir: str | Path | None = None) -> "HFScaleJudge":
+        """A judge over a model already in memory (`cache_dir` None: no disk cache)."""
+        judge = cls.__new__(cls)
+        judge._setup(model, tokenizer, name, dtype, batch_size, Path(cache_dir) if cache_dir else None)
+        return judge
+
+    def _setup(self, model, tokenizer, name, dtype, batch_size, cache_root) -> None:
+        self.model, self.tokenizer, self.model_name, self.dtype, self.batch_size = model, tokenizer, name, dtype, batch_size
+        self.id = f"hf:{name}"
+        self.cache_root = cache_root
+        self.forwards = 0  # model forwards run (cache misses only)
+        self.hits = 0  # verdicts read from the cache
+        self._tree_cache = None
+
+    def _tree(self):
+        """The numbers' spellings and the token tree over them (built once per judge)."""
+        if self._tree_cache is None:
+            import torch
+
+            tok = self.tokenizer
+            spelled = {n: tuple(tok(str(n), add_special_tokens=False)["input_ids"]) for n in range(101)}
+            nodes = sorted({s[:k] for s in spelled.values() for k in range(1, len(s) + 1)}, key=lambda s: (len(s), s))
+            index = {s: i for i, s in enumerate(nodes)}
+            T = len(nodes)
+            tree = torch.zeros(T, T, dtype=torch.bool)
+            for i, s in enumerate(nodes):  # a tree token sees the prompt and the tokens of its own prefix
+                for k in range(1, len(s) + 1):
+                    tree[i, index[s[:k]]] = True
+            self._tree_cache = (spelled, nodes, index, tree)
+        return self._tree_cache
 
     def number_probs(self, context: str, escapes: dict[str, str]) -> tuple[dict[int, float], dict[str, float]]:
         """P(the reply is exactly n) for n in 0..100, and P(the reply starts with each escape word)."""
+        return self.number_probs_batch([context], escapes)[0]
+
+    def number_probs_batch(self, contexts: list[str], escapes: dict[str, str]) -> list[tuple[dict, dict]]:
+        """number_probs of several judging prompts in one forward. Row b is [pad x (L - P_b), prompt_b,
+        tree]: pads see only themselves (no row is fully masked, so no NaN reaches a real token) and
+        nobody sees them; prompt tokens are causal; tree tokens see their row's prompt and their own
+        prefix; positions restart at each prompt's first token, so each row computes what it would alone."""
         import torch
 
         from annot.chat import eval_mode
 
         tok = self.tokenizer
-        spelled = {n: tuple(tok(str(n), add_special_tokens=False)["input_ids"]) for n in range(101)}
-        nodes = sorted({s[:k] for s in spelled.values() for k in range(1, len(s) + 1)}, key=lambda s: (len(s), s))
-        index = {s: i for i, s in enumerate(nodes)}
-        ctx = tok(context, add_special_tokens=False)["input_ids"]
-        P, T = len(ctx), len(nodes)
-        allow = torch.zeros(P + T, P + T, dtype=torch.bool)
-        allow[:P, :P] = torch.tril(torch.ones(P, P, dtype=torch.bool))
-        allow[P:, :P] = True
-        for i, s in enumerate(nodes):  # a tree token sees the prompt and the tokens of its own prefix
-            for k in range(1, len(s) + 1):
-                allow[P + i, P + index[s[:k]]] = True
-        ids = torch.tensor([ctx + [s[-1] for s in nodes]])
-        pos = torch.tensor([list(range(P)) + [P + len(s) - 1 for s in nodes]])
+        spelled, nodes, index, tree = self._tree()
+        ctxs = [tok(c, add_special_tokens=False)["input_ids"] for c in contexts]
+        B, L, T = len(ctxs), max(len(c) for c in ctxs), len(nodes)
+        pad = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
+        ids = torch.full((B, L + T), pad, dtype=torch.long)
+        pos = torch.zeros(B, L + T, dtype=torch.long)
+        allow = torch.zeros(B, L + T, L + T, dtype=torch.bool)
+        depth = torch.tensor([len(s) - 1 for s in nodes])
+        for b, ctx in enumerate(ctxs):
+            P, off = len(ctx), L - len(ctx)
+            ids[b, off:L] = torch.tensor(ctx)
+            ids[b, L:] = torch.tensor([s[-1] for s in nodes])
+            pos[b, off:L] = torch.arange(P)
+            pos[b, L:] = P + depth
+            allow[b, :off, :off] = torch.eye(off, dtype=torch.bool)
+            allow[b, off:L, off:L] = torch.tril(torch.ones(P, P, dtype=torch.bool))
+            allow[b, L:, off:L] = True
+            allow[b, L:, L:] = tree
         device = next(self.model.parameters()).device
         with eval_mode(self.model), torch.no_grad():
             try:
                 # the LM head only over the last prompt position and the tree (the rest is never read)
-                logits = self.model(input_ids=ids.to(device), attention_mask=allow[None, None].to(device),
-                                    position_ids=pos.to(device), logits_to_keep=T + 1).logits[0, -(T + 1):]
+                logits = self.model(input_ids=ids.to(device), attention_mask=allow[:, None].to(device),
+                                    position_ids=pos.to(device), logits_to_keep=T + 1).logits[:, -(T + 1):]
             except (TypeError, ValueError, RuntimeError) as e:
                 raise AnnotError(f"judge hf: model {self.model_name} does not take a 4-D attention mask ({e}); "
                                  "use another judge model or the http judge") from None
-        lp = torch.log_softmax(logits.float(), dim=-1)  # row 0: after the prompt; row 1 + i: after nodes[i]
-        more = lp[:, torch.tensor(_digit_tokens(tok))].exp().sum(-1).tolist()  # P(another digit follows)
+        self.forwards += 1
+        lps = torch.log_softmax(logits.float(), dim=-1).cpu()  # [b, 0]: after the prompt; [b, 1 + i]: after nodes[i]
+        digits = torch.tensor(_digit_tokens(tok))
+        first = {label: tok(w, add_special_tokens=False)["input_ids"][0] for label, w in escapes.items()}
 
         def row(prefix: tuple) -> int:
             return 0 if not prefix else 1 + index[prefix]
 
-        probs = {}
-        for n, s in spelled.items():
-            ll = sum(float(lp[row(s[:k]), s[k]]) for k in range(len(s)))
-            stop = 1.0 - more[row(s)]
-            probs[n] = math.exp(ll) * max(stop, 0.0)
-        esc = {label: float(lp[0, tok(w, add_special_tokens=False)["input_ids"][0]].exp())
-               for label, w in escapes.items()}
-        return probs, esc
+        out = []
+        for lp in lps:
+            more = lp[:, digits].exp().sum(-1).tolist()  # P(another digit follows)
+            probs = {}
+            for n, s in spelled.items():
+                ll = sum(float(lp[row(s[:k]), s[k]]) for k in range(len(s)))
+                probs[n] = math.exp(ll) * max(1.0 - more[row(s)], 0.0)
+            out.append((probs, {label: float(lp[0, t].exp()) for label, t in first.items()}))
+        return out
+
+    def key(self, rubric: ScaleRubric, question: str, answer: str) -> str:
+        return verdict_key({"judge": self.id, "dtype": self.dtype, "escapes": rubric.escapes}, rubric, question, answer)
 
     def score(self, rubric: ScaleRubric, pairs: list[tuple[str, str]]) -> list[ScaleScore]:
         from annot.chat import render
 
-        out = []
-        for question, answer in pairs:
-            ctx = render(self.tokenizer, rubric.messages(question, answer), add_generation_prompt=True)
-            probs, esc = self.number_probs(ctx, rubric.escapes)
-            value, mass = expected_score(probs)
-            label = max(esc, key=esc.get) if esc else None
-            if label is not None and esc[label] > mass:
-                out.append(ScaleScore(None, mass, escape=label, raw=json.dumps({"escape_p": esc})))
-            else:
-                out.append(ScaleScore(value, mass, raw=json.dumps({"escape_p": esc})))
+        keys = [self.key(rubric, q, a) for q, a in pairs]
+        out: list[ScaleScore | None] = [_cached_score(self.cache_root, k) for k in keys]
+        self.hits += sum(s is not None for s in out)
+        todo = [i for i, s in enumerate(out) if s is None]
+        ctx = {i: render(self.tokenizer, rubric.messages(*pairs[i]), add_generation_prompt=True) for i in todo}
+        todo.sort(key=lambda i: len(ctx[i]))  # similar lengths together: less padding
+        for start in range(0, len(todo), self.batch_size):
+            chunk = todo[start:start + self.batch_size]
+            for i, (probs, esc) in zip(chunk, self.number_probs_batch([ctx[i] for i in chunk], rubric.escapes)):
+                out[i] = _verdict(probs, esc)
+                _store_score(self.cache_root, keys[i], out[i])
         return out
+
+
+def _verdict(probs: dict[int, float], esc: dict[str, float]) -> ScaleScore:
+    value, mass = expected_score(probs)
+    label = max(esc, key=esc.get) if esc else None
+    if label is not None and esc[label] > mass:
+        return ScaleScore(None, mass, escape=label, raw=json.dumps({"escape_p": esc}))
+    return ScaleScore(value, mass, raw=json.dumps({"escape_p": esc}))
+
+
+def verdict_key(judge: dict, rubric: ScaleRubric, question: str, answer: str) -> str:
+    """The cache key of one verdict: the judge (and its settings), the rubric's text, the prompt, the reply."""
+    material = {**judge, "rubric": rubric.name,
+                "rubric_text": hashlib.sha256((rubric.system + "\n" + rubric.template).encode()).hexdigest(),
+                "prompt": question, "reply": answer}
+    return hashlib.sha256(json.dumps(material, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
+
+
+def _cache_root(name: str, cache: bool, cache_dir: str | None) -> Path | None:
+    if not cache:
+        return None
+    from annot.models import cache_dir as annot_cache
+
+    return Path(cache_dir) if cache_dir else annot_cache() / name
+
+
+def _cached_score(root: Path | None, key: str) -> ScaleScore | None:
+    if root is None:
+        return None
+    try:
+        d = json.loads((root / key[:2] / f"{key}.json").read_text(encoding="utf-8"))
+        return ScaleScore(d["score"], d["mass"], d.get("escape"), d.get("raw", ""))
+    except (OSError, ValueError, KeyError, TypeError):
+        return None  # missing or unreadable: a miss, and the next store repairs it
+
+
+def _store_score(root: Path | None, key: str, s: ScaleScore) -> None:
+    if root is not None:
+        from annot.io import atomic_write_text
+
+        atomic_write_text(root / key[:2] / f"{key}.json", json.dumps(
+            {"score": s.score, "mass": s.mass, "escape": s.escape, "raw": s.raw}, sort_keys=True))
 
 
 # -- http ----------------------------------------------------------------------------------------
@@ -178,23 +284,15 @@ class HTTPScaleJudge:
         self.backend = OpenAIBackend(model, base_url, api_key_env, concurrency, timeout_s=float(timeout),
                                      max_retries=max_retries, backoff_s=float(backoff))
         self.concurrency, self.top_logprobs, self.max_tokens = concurrency, top_logprobs, max_tokens
-        root = None
-        if cache:
-            from annot.models import cache_dir as annot_cache
-
-            root = Path(cache_dir) if cache_dir else annot_cache() / "judge_replies"
-        self.cache = ResponseCache(root)
+        self.cache = ResponseCache(_cache_root("judge_replies", cache, cache_dir))
         self.calls = 0  # replies paid for (not from the cache)
         from annot.gen.settings import sanitize_url
 
         self.id = f"http:{model}@{sanitize_url(base_url)}"
 
     def key(self, rubric: ScaleRubric, question: str, answer: str) -> str:
-        material = {"judge": self.id, "rubric": rubric.name,
-                    "rubric_text": hashlib.sha256((rubric.system + "\n" + rubric.template).encode()).hexdigest(),
-                    "prompt": question, "reply": answer, "top_logprobs": self.top_logprobs,
-                    "max_tokens": self.max_tokens}
-        return hashlib.sha256(json.dumps(material, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
+        return verdict_key({"judge": self.id, "top_logprobs": self.top_logprobs, "max_tokens": self.max_tokens},
+                           rubric, question, answer)
 
     def _one(self, rubric: ScaleRubric, question: str, answer: str) -> ScaleScore:
         from annot.gen.backends import Request

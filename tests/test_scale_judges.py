@@ -14,8 +14,7 @@ from tests.fake_openai import FakeServer
 
 def test_hf_number_probabilities_are_exact(tiny):
     """P(reply is n) = P(n's tokens) x P(no digit follows), checked against direct forwards."""
-    judge = HFScaleJudge.__new__(HFScaleJudge)
-    judge.model, judge.tokenizer, judge.model_name = tiny[0], tiny[1], "tiny-random"
+    judge = HFScaleJudge.loaded(tiny[0], tiny[1], "tiny-random")
     tok, model = judge.tokenizer, judge.model
     ctx = "Rate it from 0 to 100. Score:"
     probs, esc = judge.number_probs(ctx, {"refusal": "REFUSAL"})
@@ -28,6 +27,43 @@ def test_hf_number_probabilities_are_exact(tiny):
             lp = torch.log_softmax(model(input_ids=torch.tensor([c + s])).logits[0].float(), -1)
         ll = sum(float(lp[len(c) - 1 + k, s[k]]) for k in range(len(s)))
         assert probs[n] == pytest.approx(math.exp(ll) * (1 - float(lp[-1].exp()[digits].sum())), rel=1e-4)
+
+
+def test_hf_batched_probabilities_equal_one_by_one(tiny):
+    """Prompts of different lengths in one left-padded forward give each prompt's own probabilities."""
+    judge = HFScaleJudge.loaded(tiny[0], tiny[1], "tiny-random")
+    ctxs = ["Score:", "Rate this reply from 0 to 100, where 100 is best. Score:", "A much longer judging prompt "
+            "that goes on for a while, so the batch needs real padding on the others. Now the score:"]
+    alone = [judge.number_probs(c, {"refusal": "REFUSAL", "code": "CODE"}) for c in ctxs]
+    assert judge.forwards == 3
+    batched = judge.number_probs_batch(ctxs, {"refusal": "REFUSAL", "code": "CODE"})
+    assert judge.forwards == 4
+    for (p1, e1), (p2, e2) in zip(alone, batched):
+        assert max(abs(p1[n] - p2[n]) / max(p1[n], 1e-30) for n in range(101)) < 1e-6
+        assert sum(p2.values()) == pytest.approx(sum(p1.values()), rel=1e-6)
+        assert e2 == pytest.approx(e1, rel=1e-6)
+
+
+def test_hf_judge_batches_caches_and_keys_on_rubric_and_reply(tiny, tmp_path):
+    rubric, other = load_scale_rubric("alignment"), load_scale_rubric("coherence")
+    pairs = [(f"question {i}?", "a reply " * (i + 1)) for i in range(5)]
+    judge = HFScaleJudge.loaded(tiny[0], tiny[1], "tiny-random", batch_size=2, cache_dir=tmp_path)
+    first = judge.score(rubric, pairs)
+    assert judge.forwards == 3 and judge.hits == 0  # 5 replies in batches of 2
+    one = HFScaleJudge.loaded(tiny[0], tiny[1], "tiny-random", batch_size=1)  # no cache, one reply per forward
+    alone = one.score(rubric, pairs)
+    assert one.forwards == 5
+    for a, b in zip(first, alone):
+        assert a.mass == pytest.approx(b.mass, rel=1e-6) and a.escape == b.escape
+        assert (a.score is None) == (b.score is None)
+    again = HFScaleJudge.loaded(tiny[0], tiny[1], "tiny-random", batch_size=2, cache_dir=tmp_path)
+    assert again.score(rubric, pairs) == first and again.forwards == 0 and again.hits == 5  # resumed: free
+    keys = {judge.key(rubric, *pairs[0]), judge.key(other, *pairs[0]), judge.key(rubric, pairs[0][0], "changed"),
+            judge.key(rubric, "another prompt", pairs[0][1]),
+            HFScaleJudge.loaded(tiny[0], tiny[1], "other-judge").key(rubric, *pairs[0])}
+    assert len(keys) == 5
+    again.score(other, pairs[:1])
+    assert again.forwards == 1  # another rubric is a new verdict
 
 
 def _reply(body):
