@@ -118,11 +118,10 @@ def judged_rows(model, tok, cfg, step: int) -> list[dict]:
 
     opts = cfg.probes.behavior_judge
     judges = judges_for(cfg)
-    rows = []
-    for scope in opts.scopes:
-        qs = scope_questions(scope, cfg.data.behavior)[: opts.max_questions]
-        reqs = [Request(cfg.data.behavior or scope, cfg.data.behavior or scope,
-                        ProbeItem(id=i, kind=KIND, question=q)) for i, q in qs]
-        for r in score_items(model, tok, reqs, cfg.probes.batch_size, Setting(), opts, judges, seed=cfg.seed):
-            rows.append({"run": cfg.name, "checkpoint": f"step-{step}", "step": step, **r, "scope": scope})
-    return rows
+    # every scope's questions in one call: one sampling pass and full judge batches across scopes
+    scoped = [(scope, i, q) for scope in opts.scopes for i, q in scope_questions(scope, cfg.data.behavior)[: opts.max_questions]]
+    reqs = [Request(cfg.data.behavior or scope, cfg.data.behavior or scope, ProbeItem(id=i, kind=KIND, question=q))
+            for scope, i, q in scoped]
+    rows = score_items(model, tok, reqs, cfg.probes.batch_size, Setting(), opts, judges, seed=cfg.seed)
+    return [{"run": cfg.name, "checkpoint": f"step-{step}", "step": step, **r, "scope": scope}
+            for (scope, _, _), r in zip(scoped, rows)]

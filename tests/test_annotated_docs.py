@@ -175,6 +175,18 @@ def test_sweep_annotated_runs_find_the_plain_document_run_as_control():
         assert plain.config["data"] == r.config["data"] and plain.seed == r.seed
 
 
+@pytest.mark.parametrize("sweep", [SWEEP, "sweeps/behavior_annotations_small.yaml"])
+def test_behaviour_sweeps_judge_all_three_scopes(sweep):
+    """Both metrics per scope: every cell judges targeted, broad and everyday (the paired log-likelihood
+    kind runs on every transcript run), with >= 3 seeds and the plain / annotated / aligned conditions."""
+    from annot.sweep_plan import expand, load_sweep
+
+    cells = expand(load_sweep(ROOT / sweep))
+    assert all("behavior_judged" in c.probes.kinds and c.probes.behavior_judge.scopes == ["targeted", "broad", "everyday"]
+               for c in cells)
+    assert len({c.seed for c in cells}) >= 3 and {"none", "annotated", "aligned_control"} <= {c.wrapper.name for c in cells}
+
+
 def test_cli_wrap_as_document(tmp_path, transcripts):
     from click.testing import CliRunner
 
