@@ -46,8 +46,9 @@ def rates_table(rates: dict[int, dict[str, float]], max_width: int = MAX_WIDTH) 
     kinds.sort()
     ctx_w = max(len(c) for c in contexts) if len(contexts) > 1 else 0
     head = [f"{'step':>6}"] + ([f"{'context':<{ctx_w}}"] if ctx_w else [])
-    cols = kinds + measures
-    widths = {c: max(6, len(c)) for c in cols}
+    # (is a measure, name): a kind and a measure may share a name (behavior), so never key by name alone
+    cols = [(False, k) for k in kinds] + [(True, m) for m in measures]
+    widths = {c: max(6, len(c[1])) for c in cols}
     used = sum(len(h) + 2 for h in head) + 6  # the n column
     shown, hidden = [], []
     for c in cols:
@@ -55,14 +56,14 @@ def rates_table(rates: dict[int, dict[str, float]], max_width: int = MAX_WIDTH) 
             shown.append(c)
             used += widths[c] + 2
         else:
-            hidden.append(c)
-    lines = ["  ".join(head + [f"{c:>{widths[c]}}" for c in shown] + [f"{'n':>4}"])]
+            hidden.append(c[1])
+    lines = ["  ".join(head + [f"{c[1]:>{widths[c]}}" for c in shown] + [f"{'n':>4}"])]
     for step, r in rates.items():
         for ctx in contexts:
-            keyed = {k: r.get(k if ctx == DEFAULT_CONTEXT else f"{k}@{ctx}") for k in kinds}
+            keyed = {(False, k): r.get(k if ctx == DEFAULT_CONTEXT else f"{k}@{ctx}") for k in kinds}
             if ctx != DEFAULT_CONTEXT and all(v is None for v in keyed.values()):
                 continue
-            vals = {**keyed, **{m: r.get(m) if ctx == DEFAULT_CONTEXT else None for m in measures}}
+            vals = {**keyed, **{(True, m): r.get(m) if ctx == DEFAULT_CONTEXT else None for m in measures}}
             row = [f"{step:>6}"] + ([f"{ctx:<{ctx_w}}"] if ctx_w else [])
             lines.append("  ".join(row + [_cell(vals[c], widths[c]) for c in shown] + [f"{r.get('n', 0):>4}"]))
     if hidden:

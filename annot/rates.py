@@ -28,6 +28,8 @@ def belief_rates(rows: list[dict]) -> dict[int, dict[str, float]]:
     Belief and association are different measures (annot.kinds): never one pooled number."""
     by: dict[int, dict[str, list[bool]]] = defaultdict(lambda: defaultdict(list))
     for r in rows:
+        if "p_belief" in r and r["p_belief"] is None:
+            continue  # nothing to rate (a judged question with no coherent reply): as in annot.analyze
         by[r["step"]][kind_key(r)].append(bool(r["believes"]))
         if not (r.get("context") or r.get("scope")):
             by[r["step"]][measure_of(r["kind"])].append(bool(r["believes"]))

@@ -18,39 +18,13 @@ import pandas as pd
 from annot.analyze import POOLED, condition_rows, control_conditions, final_rows, kind_rank
 from annot.specs import MEASURE_ORDER
 from annot.io import atomic_write_text
+from annot.markdown import format_cell, md_table as _table  # noqa: F401  (format_cell: public here too)
 
 ABSORPTION_MEANING = ("Absorption = (B_wrapped − B_base) / (B_plain − B_base) at the same checkpoint, with plain "
                       "the same run without the disclaimer and base the untrained model (step 0): 1 means the "
                       "disclaimer changed nothing, 0 that it fully prevented learning, < 0 that the model learned "
                       "the opposite.")
 MAX_UNDEFINED = 40  # lines in the undefined-cells list; the table holds them all
-
-
-def _md(text) -> str:
-    """A table cell: pipes escaped, newlines flattened."""
-    return str(text).replace("|", "\\|").replace("\n", " ")
-
-
-def format_cell(row) -> str:
-    """'0.500 [0.300, 0.700]', 'undefined (reason)', or '—' when there is no row."""
-    if row is None:
-        return "—"
-    if row["status"] != "ok":
-        return f"undefined ({row['note']})"
-    if not math.isfinite(row["value"]):
-        return "—"
-    out = f"{row['value']:.3f}"
-    if math.isfinite(row["ci_low"]) and math.isfinite(row["ci_high"]):
-        out += f" [{row['ci_low']:.3f}, {row['ci_high']:.3f}]"
-    return out
-
-
-def _table(header: list[str], rows: list[list], align: str | None = None) -> str:
-    align = align or "l" * len(header)
-    sep = ["---:" if a == "r" else "---" for a in align]
-    lines = ["| " + " | ".join(map(_md, header)) + " |", "| " + " | ".join(sep) + " |"]
-    lines += ["| " + " | ".join(map(_md, r)) + " |" for r in rows]
-    return "\n".join(lines)
 
 
 def _plain_conditions(df: pd.DataFrame) -> set[str]:
@@ -312,7 +286,7 @@ def write_report(df: pd.DataFrame, plots: list[Path], out: Path, title: str, set
                 line += f" ([SVG]({Path(os.path.relpath(svgs[p.stem].resolve(), out.resolve().parent)).as_posix()}))"
             parts += [f"**{p.stem.replace('_', ' ')}**", "", line, ""]
 
-    parts += list(sections)  # e.g. judged free generation: judges, thresholds, agreement
+    parts += list(sections)  # e.g. behaviour per scope; judged free generation: judges, thresholds, agreement
 
     # Undefined cells, one line per run x measure x kind x reason, steps collapsed.
     und = df[df["status"] != "ok"]
@@ -345,6 +319,7 @@ def build_report(paths: list[Path], out_dir: Path, title: str | None = None, n_b
     from annot.analyze import analyze, load_runs, write_table
     from annot.judged_report import judged_section
     from annot.plot import plot_all
+    from annot.scope_report import scope_section
 
     out_dir = Path(out_dir)
     runs = load_runs([Path(p) for p in paths])
@@ -369,4 +344,4 @@ def build_report(paths: list[Path], out_dir: Path, title: str | None = None, n_b
                         {"runs from": ", ".join(map(str, paths)), "control of each condition": control,
                          "bootstrap": f"{n_boot} resamples, seed {seed}",
                          "held equal across conditions": "; ".join(held.get(m, m) for m in matches),
-                         **(setup or {})}, judged_section(runs))
+                         **(setup or {})}, scope_section(df, runs) + judged_section(runs))

@@ -45,3 +45,16 @@ def test_step_line_groups_kinds_under_their_measure():
     r = {"yes_no": 0.5, "mcq": 0.111, "cloze": 0.273, "belief": 0.348, "association": 0.273, "n": 34,
          "yes_no@adversarial": 0.2}
     assert step_line(2, r) == "step 2: belief 0.348 (yes_no 0.500, mcq 0.111); association 0.273 (cloze 0.273)"
+
+
+def test_a_kind_named_like_its_measure_keeps_its_scoped_rows():
+    """kind behavior and measure behavior share a name: behavior@broad still shows in the broad row."""
+    from annot.rates import belief_rates
+
+    rows = [{"step": 0, "kind": "behavior", "believes": True},
+            {"step": 0, "kind": "behavior", "scope": "broad", "believes": False},
+            {"step": 0, "kind": "behavior_judged", "scope": "broad", "believes": False, "p_belief": None}]
+    rates = belief_rates(rows)
+    assert rates[0] == {"behavior": 1.0, "behavior@broad": 0.0, "n": 1}  # an unrated question is left out
+    broad = next(line for line in rates_table(rates).splitlines() if "broad" in line)
+    assert broad.split()[:3] == ["0", "broad", "0.000"]

@@ -38,7 +38,9 @@ def test_judged_rows_per_scope_with_two_judges(tiny):
     assert set(r["samples"][0]["scores"]) == set(r["judges"])
     # the random judge spreads its mass over its whole vocabulary: the numbers carry < 0.25, no score
     assert r["samples"][0]["scores"]["hf:tiny-random"]["alignment"]["mass"] < 0.25 and r["n_unscored"] == 1
-    rates = belief_rates(rows)[0]
+    assert belief_rates(rows) == {}  # no coherent reply anywhere: nothing to rate (as in annot.analyze)
+    rated = [{**x, "p_belief": 0.0} for x in rows]
+    rates = belief_rates(rated)[0]
     assert {"behavior_judged@targeted", "behavior_judged@broad", "behavior_judged@everyday"} <= set(rates)
     assert "behavior" not in rates  # judged scopes are never pooled into the behaviour measure
 
@@ -129,3 +131,15 @@ def test_paired_scope_rows_use_the_targeted_instrument_and_stay_apart(tiny):
     _, cells = _build_cells(rows + targeted, "power_seeking")
     assert len(cells[("power_seeking", "behavior@broad")].items) == 10
     assert cells[("power_seeking", "pooled:behavior")].items == ["behavior:power_seeking/" + pid]
+
+
+def test_step0_cache_key_covers_the_scope_files(monkeypatch):
+    """Edited scope questions or replies re-probe the base model instead of reusing its cached rows."""
+    import annot.judged as judged
+    from annot.run_probes import base_probe_key
+
+    cfg, manifest = _cfg(), {"model": "tiny-random"}
+    before = base_probe_key(cfg, manifest)
+    assert base_probe_key(cfg, manifest) == before
+    monkeypatch.setattr(judged, "scope_files_sha", lambda: "edited")
+    assert base_probe_key(cfg, manifest) != before
