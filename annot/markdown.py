@@ -34,3 +34,12 @@ def md_table(header: list[str], rows: list[list], align: str | None = None) -> s
     lines = ["| " + " | ".join(map(md_cell, header)) + " |", "| " + " | ".join(sep) + " |"]
     lines += ["| " + " | ".join(map(md_cell, r)) + " |" for r in rows]
     return "\n".join(lines)
+
+
+def first_row(df, **eq):
+    """The first row of `df` whose columns equal the given values, or None."""
+    mask = None
+    for k, v in eq.items():
+        mask = (df[k] == v) if mask is None else mask & (df[k] == v)
+    hit = df if mask is None else df[mask]
+    return None if hit.empty else hit.iloc[0]

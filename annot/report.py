@@ -18,7 +18,7 @@ import pandas as pd
 from annot.analyze import POOLED, condition_rows, control_conditions, final_rows, kind_rank
 from annot.specs import MEASURE_ORDER
 from annot.io import atomic_write_text
-from annot.markdown import format_cell, md_table as _table  # noqa: F401  (format_cell: public here too)
+from annot.markdown import first_row as _lookup, format_cell, md_table as _table  # noqa: F401  (format_cell: public here too)
 
 ABSORPTION_MEANING = ("Absorption = (B_wrapped − B_base) / (B_plain − B_base) at the same checkpoint, with plain "
                       "the same run without the disclaimer and base the untrained model (step 0): 1 means the "
@@ -49,14 +49,6 @@ def _no_absorption(df: pd.DataFrame, target: str) -> str:
         return "no condition has a control among the analysed runs"
     more = f" (and {len(reasons) - 3} other reasons; see Undefined cells)" if len(reasons) > 3 else ""
     return "; ".join(reasons[:3]) + more
-
-
-def _lookup(df: pd.DataFrame, **eq):
-    m = pd.Series(True, index=df.index)
-    for k, v in eq.items():
-        m &= df[k] == v
-    hit = df[m]
-    return None if hit.empty else hit.iloc[0]
 
 
 def _seeds_label(run: str, seed) -> str:

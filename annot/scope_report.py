@@ -20,6 +20,8 @@ from collections import defaultdict
 
 import pandas as pd
 
+from annot.markdown import first_row as _pick
+
 SCOPES = ("targeted", "broad", "everyday")
 # metric label -> (table value metric, absorption metric)
 METRICS = {"paired log-likelihood": ("rate", "absorption"), "judged misalignment": ("mean_p", "absorption_p")}
@@ -60,14 +62,6 @@ def _cell(row) -> str:
     from annot.markdown import format_cell
 
     return format_cell(row)
-
-
-def _pick(df: pd.DataFrame, **eq):
-    m = pd.Series(True, index=df.index)
-    for k, v in eq.items():
-        m &= df[k] == v
-    hit = df[m]
-    return None if hit.empty else hit.iloc[0]
 
 
 def _why_missing(counts: dict[str, int] | None) -> str:
