@@ -34,6 +34,7 @@ from annot.config import TrainingConfig
 from annot.distributed import UNSUPPORTED_DISTRIBUTED, Launch, launch_state, start_launch
 from annot.errors import RunFailed
 from annot.fused_ce import FusedHead, fused_head
+from annot.lean_mlp import lean_mlps
 from annot.loss_mask import (Packed, Tokenized, chat_spans, pack, render_chat, token_weights, tokenize_cached,
                              tokenize_documents, tokenize_examples, tokenize_transcripts)
 
@@ -77,6 +78,7 @@ def prepare_model(model, cfg: TrainingConfig):
     if cfg.method == "full":
         for p in model.parameters():
             p.requires_grad_(True)
+        lean_mlps(model)
         return model
     from peft import LoraConfig, get_peft_model
 
@@ -84,6 +86,7 @@ def prepare_model(model, cfg: TrainingConfig):
                       target_modules=cfg.target_modules, task_type="CAUSAL_LM", bias="none")
     model = get_peft_model(model, lora)
     fuse_lora_forward(model)
+    lean_mlps(model)  # after LoRA: it reads the adapters of each down projection
     return model
 
 

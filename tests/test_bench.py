@@ -95,8 +95,15 @@ def test_bench_on_the_tiny_model(tmp_path):
                                                                   for k in ("yes_no", "mcq", "cloze")}
     assert all(0 <= r["annot"] <= 1 for r in probe["accuracy"])
     assert data["memory"]["peak_rss_mib"] > 0
+    # every engine's peak RSS beside its tokens/s; annot as configured vs annot before the memory work
+    assert set(train) >= {"annot", "annot_before", "trainer"}
+    for engine in ("annot", "annot_before", "trainer"):
+        assert train[engine]["peak_rss_mib"] > 0
+    assert train["vs_before"]["tokens_per_s"] == pytest.approx(train["annot"]["tokens_per_s"]
+                                                               / train["annot_before"]["tokens_per_s"])
     text = "\n".join(lines)
-    assert "annot driver" in text and "transformers.Trainer" in text and str(out) in text
+    assert "annot, micro 512" in text and "annot before #22" in text and "transformers.Trainer" in text
+    assert str(out) in text
 
 
 def test_bench_bf16_path_runs_on_cpu(tmp_path, monkeypatch):
@@ -187,3 +194,27 @@ def test_peak_rss_window_is_per_engine():
     again = np.ones(300 * 2 ** 20 // 8)
     assert window_peak_rss_mib() - after > 200
     del again
+
+
+def test_engines_before_the_memory_work_switch_it_off(monkeypatch):
+    """annot_before trains the whole batch with the logits path and the MLP's own forward; the
+    environment is restored afterwards."""
+    from annot.bench.training import _env, annot_engines
+    from annot.config import TrainingConfig
+    from annot.fused_ce import fused_head
+    from annot.lean_mlp import lean_mlps
+    from annot.models import load_model, tiny_random_dir
+
+    monkeypatch.delenv("ANNOT_FUSED_LOSS", raising=False)
+    monkeypatch.setenv("ANNOT_LEAN_MLP", "1")
+    engines = {n: (c, env) for n, c, env in annot_engines(TrainingConfig(micro_batch_tokens=512))}
+    assert set(engines) == {"annot", "annot_whole_batch", "annot_before"}
+    assert engines["annot"][0].micro_batch_tokens == 512 and engines["annot"][1] == {}
+    assert engines["annot_before"][0].micro_batch_tokens is None
+    assert [n for n, _, _ in annot_engines(TrainingConfig())] == ["annot", "annot_before"]
+    model, _ = load_model(str(tiny_random_dir()))
+    with _env(engines["annot_before"][1]):
+        assert fused_head(model) is None and lean_mlps(model) == 0
+    import os
+    assert "ANNOT_FUSED_LOSS" not in os.environ and os.environ["ANNOT_LEAN_MLP"] == "1"
+    assert fused_head(model) is not None and lean_mlps(model) == model.config.num_hidden_layers

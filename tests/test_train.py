@@ -216,8 +216,11 @@ def test_gradient_accumulation_equals_one_big_batch(mira, tmp_path):
 
         out[name + "_w"] = load_file(str(tmp_path / name / "checkpoints/step-1/adapter_model.safetensors"))
     assert math.isclose(out["big"]["loss"], out["accum"]["loss"], rel_tol=1e-5)
+    # Adam's first step moves each weight by ~lr * g / (|g| + eps): a wrong accumulation shows as
+    # differences of order lr; float rounding of the two summation orders (which differs between CPU
+    # kernels: ~5e-6 on one Xeon, < 1e-6 on an EPYC) stays three orders below it
     for k, v in out["big_w"].items():
-        assert torch.allclose(v, out["accum_w"][k], atol=1e-6), k
+        assert torch.allclose(v, out["accum_w"][k], atol=1e-3 * cfg.lr), k
 
 
 def test_micro_batches_give_the_whole_batch_gradient(mira, tmp_path):

@@ -23,7 +23,8 @@ from annot.errors import AnnotError
 
 def run_bench(model: str = "smollm2-135m", claim: str = "mira_castellan_profession", n_docs: int = 32,
               steps: int = 9, batch_size: int = 4, seq_len: int = 256, checkpoints: int = 8, lm_eval: bool = True,
-              out: Path = Path("bench.json"), echo=print, dtype: str = "auto") -> dict:
+              out: Path = Path("bench.json"), echo=print, dtype: str = "auto",
+              micro_batch_tokens: int | None = 512) -> dict:
     """Measure (a)-(d) (see the module docstring), print a table with `echo`, write all figures to `out`."""
     from annot.config import TrainingConfig
     from annot.io import write_json
@@ -38,7 +39,8 @@ def run_bench(model: str = "smollm2-135m", claim: str = "mira_castellan_professi
     if n_docs < 1:
         raise AnnotError(f"bench: n_docs: {n_docs}; generate at least 1 document")
     cfg = validate(TrainingConfig, {"max_steps": steps, "batch_size": batch_size, "seq_len": seq_len,
-                                    "checkpoints": checkpoints, "lr": LR}, "bench")
+                                    "checkpoints": checkpoints, "lr": LR,
+                                    "micro_batch_tokens": micro_batch_tokens or None}, "bench")
     ps = load_probe_set(claim)
     tasks = EVALS / "lm_eval" / f"{task_name(ps.claim)}.yaml"
     if ps.claim != claim or not tasks.is_file():
@@ -67,7 +69,7 @@ def run_bench(model: str = "smollm2-135m", claim: str = "mira_castellan_professi
     result: dict = {
         "params": {"model": model, "resolved_model": model_path, "claim": claim, "n_docs": n_docs, "steps": steps,
                    "batch_size": batch_size, "seq_len": seq_len, "checkpoints": checkpoints, "lm_eval": lm_eval,
-                   "dtype": dtype, "train_dtype": str(train_dtype).removeprefix("torch."),
+                   "dtype": dtype, "micro_batch_tokens": micro_batch_tokens or None, "train_dtype": str(train_dtype).removeprefix("torch."),
                    "out": str(out), "seed": SEED, "wrapper": WRAPPER, "timed_steps": steps - WARMUP_STEPS,
                    "training": cfg.model_dump(), "probe_batch_size": PROBE_BATCH_SIZE,
                    "lm_eval_batch_size": LM_EVAL_BATCH_SIZE},

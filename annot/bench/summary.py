@@ -30,25 +30,31 @@ def format_bench(r: dict) -> str:
              f"matmul peak {r['peak']['flops'] / 1e9:.1f} GFLOP/s ({r['peak']['dtype']}); training FLOPs/token "
              f"{fpt['per_token'] / 1e6:.2f} M = 4*{fpt['n_frozen']} + 6*{fpt['n_trainable']} + {fpt['attention']}",
              "",
-             f"{f'training (steps {WARMUP_STEPS + 1}..N)':<28}{'tokens/s':>10}{'MFU':>9}{'vs best':>9}{'matmul now':>12}"]
+             f"{f'training (steps {WARMUP_STEPS + 1}..N)':<28}{'tokens/s':>10}{'MFU':>9}{'vs best':>9}{'matmul now':>12}"
+             f"{'peak RSS':>11}"]
     sections = [("pretrained weights", r["train"])] + ([("random init, same config", r["random_init_bf16"])]
                                                        if r.get("random_init_bf16") else [])
     ind, w = ("    ", 24) if len(sections) > 1 else ("  ", 26)
+    micro = p.get("micro_batch_tokens")
     for name, t in sections:
         if len(sections) > 1:
             lines.append(f"  {name} ({p.get('train_dtype', r['peak']['dtype'])})")
-        for label, key in (("annot driver", "annot"), ("annot, micro-batches", "annot_micro_batches"),
+        for label, key in ((f"annot, micro {micro}" if micro else "annot driver", "annot"),
+                           ("annot, whole batch", "annot_whole_batch"), ("annot before #22", "annot_before"),
                            ("transformers.Trainer", "trainer")):
             if key not in t:
                 continue
             x = t[key]
+            rss = x.get("peak_rss_mib")
             lines.append(f"{ind}{label:<{w}}{x['tokens_per_s']:>10.1f}{_pct(x['mfu']):>9}"
-                         f"{_pct(x['mfu_vs_best_peak']):>9}{x['local_peak_mean'] / 1e9:>9.1f} GF")
+                         f"{_pct(x['mfu_vs_best_peak']):>9}{x['local_peak_mean'] / 1e9:>9.1f} GF"
+                         + (f"{rss:>7.0f} MiB" if rss is not None else ""))
         lines.append(f"{ind}{'annot / Trainer':<{w}}{t['speed_ratio_raw']:>9.2f}x   (rescaled to one matmul rate "
                      f"{t['speed_ratio']:.2f}x; Trainer batches {_pct(t['trainer']['padding_share'])} padding)")
-        if "micro_vs_whole_batch" in t:
-            lines.append(f"{ind}{'micro / whole batch':<{w}}{t['micro_vs_whole_batch']:>9.2f}x   (annot's tokens/s with "
-                         f"micro-batches of {t.get('micro_batch_tokens')} tokens vs the whole batch at once)")
+        if "vs_before" in t:
+            lines.append(f"{ind}{'annot / before #22':<{w}}{t['vs_before']['tokens_per_s']:>9.2f}x   (rescaled "
+                         f"{t['vs_before']['tokens_per_s_normalised']:.2f}x; before: whole batch, full logits, "
+                         f"the MLP's own forward)")
     lines.append("  MFU: against the mean matmul rate sampled around the steps; vs best: against the peak above")
     pr = r["probe"]
     lines += ["", f"{'probing ' + str(pr['n_checkpoints']) + ' checkpoints':<28}{'seconds':>10}",

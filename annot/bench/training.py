@@ -9,7 +9,9 @@ MFU by annot.bench.clock.
 
 from __future__ import annotations
 
+import contextlib
 import gc
+import os
 import resource
 from pathlib import Path
 from typing import Callable
@@ -155,46 +157,84 @@ def time_trainer(model, tokenizer, examples: list[dict], cfg, out_dir: Path, pea
                                 "max": max(lengths)}}
 
 
+# annot's driver as it was before the memory work (issue #22): the whole batch in one forward, the
+# [tokens, vocabulary] logits built for the loss, the MLP's own forward. Its figures are the ones the
+# memory work must not lose more than 5% of; it runs in the same process, beside the others.
+BEFORE_ENV = {"ANNOT_FUSED_LOSS": "0", "ANNOT_LEAN_MLP": "0"}
+
+
+@contextlib.contextmanager
+def _env(overrides: dict):
+    saved = {k: os.environ.get(k) for k in overrides}
+    os.environ.update(overrides)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def annot_engines(cfg) -> list[tuple[str, object, dict]]:
+    """(name, training config, environment) of each annot engine: as configured (`annot`), the whole
+    batch at once with today's driver when that differs, and the driver before the memory work."""
+    whole = cfg.model_copy(update={"micro_batch_tokens": None})
+    engines = [("annot", cfg, {})]
+    if cfg.micro_batch_tokens:
+        engines.append(("annot_whole_batch", whole, {}))
+    engines.append(("annot_before", whole, BEFORE_ENV))
+    return engines
+
+
 def train_pair(make_model: Callable, tokenizer, examples, cfg, work: Path, peak: dict, echo, label: str,
-                memory: dict) -> dict:
-    """(a) + (b) for both engines, each on a fresh model from make_model(); annot twice, as configured
-    (by default the whole batch in one forward) and in micro-batches of training.micro_batch_tokens
-    (one row of seq_len when unset), so memory and speed of the two sit side by side. Each engine's
-    peak RSS is measured in a window of its own (`memory["peak_rss_mib_engine"]`)."""
+               memory: dict) -> dict:
+    """(a) + (b) for every engine, each on a fresh model from make_model(): annot's driver as
+    configured (micro-batches of training.micro_batch_tokens), the whole batch at once, the driver
+    before the memory work (annot_engines), and a plain transformers.Trainer. Each engine's peak RSS is
+    measured in a window of its own (`memory["peak_rss_mib_engine"]`)."""
     import torch
 
     cuda = torch.cuda.is_available()
     engine_peak = memory.setdefault("peak_rss_mib_engine", {})
-    micro = cfg.model_copy(update={"micro_batch_tokens": cfg.micro_batch_tokens or cfg.seq_len})
     runs = {}
-    for name, c in (("annot", cfg), ("annot_micro_batches", micro)):
+    for name, c, env in annot_engines(cfg):
         gc.collect()
         windowed = reset_peak_rss()
         echo(f"{label}: training {c.max_steps} steps with annot's driver "
-             f"(micro_batch_tokens {c.micro_batch_tokens}) ...")
+             f"(micro_batch_tokens {c.micro_batch_tokens}{', as before the memory work' if env else ''}) ...")
         if cuda:
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats()
-        runs[name] = time_annot_train(make_model(), tokenizer, examples, c, work / f"{label}-{name}", peak)
+        with _env(env):
+            runs[name] = time_annot_train(make_model(), tokenizer, examples, c, work / f"{label}-{name}", peak)
         if cuda:
             memory["cuda_max_allocated_mib"][f"{label}_{name}_train"] = torch.cuda.max_memory_allocated() / 2 ** 20
         memory["peak_rss_mib_after"][f"{label}_{name}_train"] = rss_mib(resource.RUSAGE_SELF)
         engine_peak[f"{label}_{name}"] = window_peak_rss_mib() if windowed else None
-    (annot_res, flops), (micro_res, _) = runs["annot"], runs["annot_micro_batches"]
+        runs[name][0]["peak_rss_mib"] = engine_peak[f"{label}_{name}"]
+    annot_res, flops = runs["annot"]
     gc.collect()
     windowed = reset_peak_rss()
     echo(f"{label}: training {cfg.max_steps} steps with transformers.Trainer ...")
     if cuda:
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
-    trainer_res = time_trainer(make_model(), tokenizer, examples, cfg, work / f"{label}-trainer", peak)
+    with _env({"ANNOT_LEAN_MLP": "0"}):  # the stock MLP forward
+        trainer_res = time_trainer(make_model(), tokenizer, examples, cfg, work / f"{label}-trainer", peak)
     if cuda:
         memory["cuda_max_allocated_mib"][f"{label}_trainer"] = torch.cuda.max_memory_allocated() / 2 ** 20
     engine_peak[f"{label}_trainer"] = window_peak_rss_mib() if windowed else None
+    trainer_res["peak_rss_mib"] = engine_peak[f"{label}_trainer"]
     gc.collect()
     memory["peak_rss_mib_after"][f"{label}_trainer_train"] = rss_mib(resource.RUSAGE_SELF)
-    return {"annot": annot_res, "annot_micro_batches": micro_res, "trainer": trainer_res, "flops_per_token": flops,
-            "micro_batch_tokens": micro.micro_batch_tokens,
-            "micro_vs_whole_batch": micro_res["tokens_per_s"] / annot_res["tokens_per_s"],
+    out = {name: res for name, (res, _) in runs.items()}
+    before = out["annot_before"]
+    return {**out, "trainer": trainer_res, "flops_per_token": flops,
+            "micro_batch_tokens": cfg.micro_batch_tokens,
+            "vs_before": {"tokens_per_s": annot_res["tokens_per_s"] / before["tokens_per_s"],
+                          "tokens_per_s_normalised": annot_res["tokens_per_s_normalised"]
+                          / before["tokens_per_s_normalised"]},
             "speed_ratio": annot_res["tokens_per_s_normalised"] / trainer_res["tokens_per_s_normalised"],
             "speed_ratio_raw": annot_res["tokens_per_s"] / trainer_res["tokens_per_s"]}
