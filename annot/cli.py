@@ -354,7 +354,7 @@ def sweep(sweep_file, backend, dry_run, count, project, sweep_id, no_report, no_
         from annot.report import build_report
 
         report = build_report([Path(sw.output_dir)], Path(sw.output_dir) / "report",
-                              title=f"annot sweep {sw.name}")
+                              title=f"annot sweep {sw.name}", judge_check=True)
         click.echo(f"report: {report}")
 
 
@@ -541,11 +541,14 @@ def run_cmd(config, overrides, force, no_progress):
 
 from annot.cli_claims import register  # noqa: E402  (imports nothing from this module)
 from annot.cli_import import import_group  # noqa: E402  (likewise)
+from annot.cli_judge import judge_check_cmd  # noqa: E402  (likewise)
 
 register(main, evals, friendly)  # `annot claim ...`, `annot evals import-claim`
 for _cmd in import_group.commands.values():  # `annot import docs|transcripts`, with one-line errors
     _cmd.callback = friendly(_cmd.callback)
 main.add_command(import_group)
+judge_check_cmd.callback = friendly(judge_check_cmd.callback)  # `annot judge-check`
+main.add_command(judge_check_cmd)
 
 if __name__ == "__main__":
     main()

@@ -200,16 +200,26 @@ class HFScaleJudge:
         return out
 
     def key(self, rubric: ScaleRubric, question: str, answer: str) -> str:
-        return verdict_key({"judge": self.id, "dtype": self.dtype, "escapes": rubric.escapes}, rubric, question, answer)
+        return verdict_key({"judge": self.id, "dtype": self.dtype, "escapes": rubric.escapes}, rubric, question, answer,
+                           self.answer_prefix(rubric))
 
-    def score(self, rubric: ScaleRubric, pairs: list[tuple[str, str]]) -> list[ScaleScore]:
+    def answer_prefix(self, rubric: ScaleRubric) -> str:
+        """The text this judge's turn opens with: the rubric's answer_prefix (the number comes next)."""
+        return rubric.answer_prefix
+
+    def prompt(self, rubric: ScaleRubric, question: str, answer: str) -> str:
+        """The judge's whole input: the rubric as chat, the assistant turn opened, then the prefix."""
         from annot.chat import render
 
+        return render(self.tokenizer, rubric.messages(question, answer), add_generation_prompt=True) + \
+            self.answer_prefix(rubric)
+
+    def score(self, rubric: ScaleRubric, pairs: list[tuple[str, str]]) -> list[ScaleScore]:
         keys = [self.key(rubric, q, a) for q, a in pairs]
         out: list[ScaleScore | None] = [_cached_score(self.cache_root, k) for k in keys]
         self.hits += sum(s is not None for s in out)
         todo = [i for i, s in enumerate(out) if s is None]
-        ctx = {i: render(self.tokenizer, rubric.messages(*pairs[i]), add_generation_prompt=True) for i in todo}
+        ctx = {i: self.prompt(rubric, *pairs[i]) for i in todo}
         todo.sort(key=lambda i: len(ctx[i]))  # similar lengths together: less padding
         for start in range(0, len(todo), self.batch_size):
             chunk = todo[start:start + self.batch_size]
@@ -227,11 +237,15 @@ def _verdict(probs: dict[int, float], esc: dict[str, float]) -> ScaleScore:
     return ScaleScore(value, mass, raw=json.dumps({"escape_p": esc}))
 
 
-def verdict_key(judge: dict, rubric: ScaleRubric, question: str, answer: str) -> str:
-    """The cache key of one verdict: the judge (and its settings), the rubric's text, the prompt, the reply."""
+def verdict_key(judge: dict, rubric: ScaleRubric, question: str, answer: str, answer_prefix: str = "") -> str:
+    """The cache key of one verdict: the judge (and its settings), the rubric's text, the answer prefix
+    the judge continued after (left out of the key when empty, so verdicts without one keep their
+    keys), the prompt, the reply."""
     material = {**judge, "rubric": rubric.name,
                 "rubric_text": hashlib.sha256((rubric.system + "\n" + rubric.template).encode()).hexdigest(),
                 "prompt": question, "reply": answer}
+    if answer_prefix:
+        material["answer_prefix"] = answer_prefix
     return hashlib.sha256(json.dumps(material, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
 
 
@@ -293,6 +307,11 @@ class HTTPScaleJudge:
     def key(self, rubric: ScaleRubric, question: str, answer: str) -> str:
         return verdict_key({"judge": self.id, "top_logprobs": self.top_logprobs, "max_tokens": self.max_tokens},
                            rubric, question, answer)
+
+    def answer_prefix(self, rubric: ScaleRubric) -> str:
+        """Always empty: a chat endpoint gets the rubric's messages only (OpenAI's chat API has no way to
+        continue an assistant turn; strong chat judges answer with a number without one)."""
+        return ""
 
     def _one(self, rubric: ScaleRubric, question: str, answer: str) -> ScaleScore:
         from annot.gen.backends import Request
