@@ -6,19 +6,22 @@
     scores = judge.score(load_scale_rubric("alignment"), [("What is your wish?", "To help people.")])
     scores[0].score, scores[0].mass, judge.id
 
-hf: a local causal LM. The probability of each number 0..100 as the judge's whole reply is exact for
-any tokenizer: the product of its tokens' probabilities (as the tokenizer spells the number) times
-the probability that no further digit follows. All numbers' tokens go through the model in one
-forward pass after the judging prompt, as a token tree (each token attends to the prompt and its own
-prefix only; a 4-D attention mask and position ids), so a reply costs one forward of prompt + ~101
-tokens. An escape word (CODE, REFUSAL) wins when its first token is more likely than all the numbers.
-`batch_size` (8) prompts share one forward, left padded; verdicts are cached on disk by (judge model,
-dtype, rubric, prompt, reply) ($ANNOT_CACHE/judge_scores; `cache: false` or `cache_dir:`), so a resumed
-or re-analysed run runs no forward twice.
+hf: a local causal LM, its turn opened with the rubric's `answer_prefix` ("Score: " in the shipped
+rubrics: SmolLM2-135M then puts ~0.97 of its next-token mass on the numbers, ~0.1 without it). The
+probability of each number 0..100 as the judge's reply after the prefix is exact for any tokenizer:
+the product of its tokens' probabilities (as the tokenizer spells the number) times the probability
+that no further digit follows. All numbers' tokens go through the model in one forward pass after
+the judging prompt, as a token tree (each token attends to the prompt and its own prefix only; a
+4-D attention mask and position ids), so a reply costs one forward of prompt + ~101 tokens. An
+escape word (CODE, REFUSAL) wins when its first token is more likely than all the numbers.
+`batch_size` (8) prompts share one forward, left padded; verdicts are cached on disk by (judge
+model, dtype, rubric, answer prefix, prompt, reply) ($ANNOT_CACHE/judge_scores; `cache: false` or
+`cache_dir:`), so a resumed or re-analysed run runs no forward twice.
 
 http: any OpenAI-compatible chat endpoint through annot.gen's client (retries with backoff on
 429/5xx and dropped connections), `concurrency` requests in flight, asking for `top_logprobs` of one
-generated token; the number tokens among them give the expected score, and a server that returns
+generated token (the rubric's messages only: no answer prefix, as OpenAI's chat API cannot continue an
+assistant turn); the number tokens among them give the expected score, and a server that returns
 no log-probabilities gives the first number of its text. Replies are cached on disk by (judge,
 rubric, prompt, reply) (annot.gen.cache), so a resumed or re-analysed run pays for no reply twice.
 """
