@@ -399,12 +399,15 @@ def plot(table, out):
               callback=OUT_DIR, help="folder for report.md, table.csv/.parquet and plots/")
 @click.option("--title", default=None)
 @click.option("--n-boot", type=click.IntRange(0), default=1000, show_default=True)
+@click.option("--judge-check", is_flag=True, help="also check the judged runs' judge on the written replies "
+              "(as `annot sweep` does; loads a local judge)")
 @friendly
-def report(paths, out, title, n_boot):
+def report(paths, out, title, n_boot, judge_check):
     """Analyse runs and write a markdown report with tables and plots embedded."""
     from annot.report import build_report
 
-    click.echo(f"wrote {build_report([Path(p) for p in paths], Path(out), title=title, n_boot=n_boot)}")
+    path = build_report([Path(p) for p in paths], Path(out), title=title, n_boot=n_boot, judge_check=judge_check)
+    click.echo(f"wrote {path}")
 
 
 @main.group()

@@ -91,3 +91,25 @@ def test_judge_check_command_on_the_tiny_judge(tmp_path, monkeypatch):
     assert c["judge"] == "hf:tiny-random" and c["n_replies"] == 2 * (21 + 10) and "AUC" in res.output
     bad = CliRunner().invoke(main, ["judge-check", "--judge", "hf", "--behavior", "no_such_behaviour"])
     assert bad.exit_code == 2 and "no_such_behaviour" in bad.output
+
+
+def test_report_checks_each_judge_of_the_judged_runs_once(tmp_path, monkeypatch):
+    """A sweep's report: one validity check per distinct judge over the runs' behaviours' written pairs
+    (here 6 runs, one judge, power_seeking), shown as the "Judge validity" section."""
+    import annot.judged
+    from annot.analyze import load_runs
+    from annot.judged_report import judge_validity, validity_section
+    from tests.test_scope_report import FINAL, _run
+
+    for wrapper in FINAL:
+        for seed in (0, 1):
+            _run(tmp_path, wrapper, seed)
+    built = []
+    monkeypatch.setattr(annot.judged, "judges_from", lambda specs, model: built.append((specs, model)) or (FakeJudge(),))
+    checks = judge_validity(load_runs([tmp_path]), n_boot=20)
+    assert built == [([{"name": "hf", "model": None}], "smollm2-135m")]  # the default judge: the base model
+    assert len(checks) == 1 and checks[0]["sources"] == ["broad", "everyday", "power_seeking"]
+    assert checks[0]["n_items"] == 41 and checks[0]["n_replies"] == 82 and checks[0]["scored"] == 1.0
+    text = "\n".join(validity_section(checks))
+    assert text.startswith("## Judge validity") and "| AUC of the alignment score" in text and "Cohen's kappa" in text
+    assert validity_section([]) == []
