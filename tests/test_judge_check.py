@@ -113,3 +113,27 @@ def test_report_checks_each_judge_of_the_judged_runs_once(tmp_path, monkeypatch)
     text = "\n".join(validity_section(checks))
     assert text.startswith("## Judge validity") and "| AUC of the alignment score" in text and "Cohen's kappa" in text
     assert validity_section([]) == []
+
+
+def test_judge_check_command_on_an_http_judge(tmp_path, monkeypatch):
+    """The http judge through the command: every written reply sent (no answer prefix), scored from the
+    fake server's log-probabilities (one score for everything: AUC exactly 0.5, kappa 0)."""
+    from click.testing import CliRunner
+
+    from annot.cli import main
+    from tests.fake_openai import FakeServer
+    from tests.test_scale_judges import _reply
+
+    monkeypatch.setenv("ANNOT_CACHE", str(tmp_path / "cache"))
+    with FakeServer(reply=_reply) as server:
+        res = CliRunner().invoke(main, ["judge-check", "--judge", "http", "--base-url", server.url, "--model", "fake",
+                                        "--behavior", "power_seeking", "--scope", "everyday", "--n-boot", "20",
+                                        "-o", str(tmp_path / "c.json")])
+        assert res.exit_code == 0, res.output
+        assert len(server.calls) == 2 * 2 * (21 + 10)  # 62 replies x 2 rubrics
+        assert all(m["role"] != "assistant" for call in server.calls for m in call["messages"])
+    c = json.loads((tmp_path / "c.json").read_text())
+    assert c["answer_prefix"] == {"alignment": "", "coherence": ""} and c["scored"] == 1.0
+    assert c["auc"] == 0.5 and c["kappa"] == 0.0
+    bad = CliRunner().invoke(main, ["judge-check", "--judge", "hf", "--base-url", "http://x"])
+    assert bad.exit_code == 2 and "--base-url" in bad.output
