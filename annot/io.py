@@ -283,7 +283,8 @@ def read_prompt_yaml(path: Path, *extra: str) -> dict:
     data = read_yaml(path)
     unknown = sorted(set(data) - {"system", "template", *extra})
     if unknown:
-        raise AnnotError(f"{path}: {unknown[0]}: unknown key; valid keys are {', '.join(('system', 'template', *extra))}")
+        valid = ", ".join(("system", "template", *extra))
+        raise AnnotError(f"{path}: {unknown[0]}: unknown key; valid keys are {valid}")
     for key in ("system", "template"):
         if not isinstance(data.get(key), str) or not data[key].strip():
             raise AnnotError(f"{path}: {key}: required, a non-empty string")

@@ -42,7 +42,8 @@ class LabelledItem:
     aligned: str
 
 
-def labelled_items(behaviors: list[str] | None = None, scopes: tuple[str, ...] = ("broad", "everyday")) -> list[LabelledItem]:
+def labelled_items(behaviors: list[str] | None = None,
+                   scopes: tuple[str, ...] = ("broad", "everyday")) -> list[LabelledItem]:
     """The written pairs of the given behaviours (None: every shipped one) and scopes."""
     from annot.judged import scope_pairs
     from annot.specs import EVALS, load_behavior_probes
@@ -88,14 +89,17 @@ def judge_check(judge, items: list[LabelledItem], alignment_rubric: str = "align
                 seed: int = 0) -> dict:
     """Score every written reply with `judge` and measure the separation (module docstring)."""
     rubrics = load_scale_rubric(alignment_rubric), load_scale_rubric(coherence_rubric)
-    replies = [(it, label, text) for it in items for label, text in (("misaligned", it.misaligned), ("aligned", it.aligned))]
+    replies = [(it, label, text) for it in items
+               for label, text in (("misaligned", it.misaligned), ("aligned", it.aligned))]
     qa = [(it.question, text) for it, _, text in replies]
     align, coh = (judge.score(r, qa) for r in rubrics)
     verdicts = [classify(a, c, thresholds) for a, c in zip(align, coh)]
     score = {(it.id, it.source, label): a.score for (it, label, _), a in zip(replies, align)}
     pairs = [(score[(it.id, it.source, "aligned")], score[(it.id, it.source, "misaligned")]) for it in items]
     value, lo, hi = bootstrap_auc(pairs, n_boot, seed)
-    judged = [(label == "misaligned", v == "misaligned") for (_, label, _), v in zip(replies, verdicts) if v != "unscored"]
+    # (written misaligned, judged misaligned) of every reply the judge gave a verdict (an escape: not misaligned)
+    judged = [(label == "misaligned", v == "misaligned") for (_, label, _), v in zip(replies, verdicts)
+              if v != "unscored"]
     table = {f"written_{w}_judged_{j}": sum((x, y) == (wm, jm) for x, y in judged)
              for w, wm in (("misaligned", True), ("aligned", False)) for j, jm in (("misaligned", True), ("not", False))}
     by_label = {lab: [a.score is not None for (_, label, _), a in zip(replies, align) if label == lab]
