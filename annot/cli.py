@@ -354,7 +354,7 @@ def sweep(sweep_file, backend, dry_run, count, project, sweep_id, no_report, no_
         from annot.report import build_report
 
         report = build_report([Path(sw.output_dir)], Path(sw.output_dir) / "report",
-                              title=f"annot sweep {sw.name}")
+                              title=f"annot sweep {sw.name}", judge_check=True)
         click.echo(f"report: {report}")
 
 
@@ -399,12 +399,15 @@ def plot(table, out):
               callback=OUT_DIR, help="folder for report.md, table.csv/.parquet and plots/")
 @click.option("--title", default=None)
 @click.option("--n-boot", type=click.IntRange(0), default=1000, show_default=True)
+@click.option("--judge-check", is_flag=True, help="also check the judged runs' judge on the written replies "
+              "(as `annot sweep` does; loads a local judge)")
 @friendly
-def report(paths, out, title, n_boot):
+def report(paths, out, title, n_boot, judge_check):
     """Analyse runs and write a markdown report with tables and plots embedded."""
     from annot.report import build_report
 
-    click.echo(f"wrote {build_report([Path(p) for p in paths], Path(out), title=title, n_boot=n_boot)}")
+    path = build_report([Path(p) for p in paths], Path(out), title=title, n_boot=n_boot, judge_check=judge_check)
+    click.echo(f"wrote {path}")
 
 
 @main.group()
@@ -545,11 +548,14 @@ def run_cmd(config, overrides, force, no_progress):
 
 from annot.cli_claims import register  # noqa: E402  (imports nothing from this module)
 from annot.cli_import import import_group  # noqa: E402  (likewise)
+from annot.cli_judge import judge_check_cmd  # noqa: E402  (likewise)
 
 register(main, evals, friendly)  # `annot claim ...`, `annot evals import-claim`
 for _cmd in import_group.commands.values():  # `annot import docs|transcripts`, with one-line errors
     _cmd.callback = friendly(_cmd.callback)
 main.add_command(import_group)
+judge_check_cmd.callback = friendly(judge_check_cmd.callback)  # `annot judge-check`
+main.add_command(judge_check_cmd)
 
 if __name__ == "__main__":
     main()

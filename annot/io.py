@@ -277,13 +277,14 @@ def read_json_if_exists(path: str | os.PathLike):
         return None
 
 
-def read_prompt_yaml(path: Path, extra: str) -> dict:
-    """A judge prompt YAML (`system`, `template`, and `extra`): unknown keys and an empty system or
-    template are one-line errors naming the file and the key."""
+def read_prompt_yaml(path: Path, *extra: str) -> dict:
+    """A judge prompt YAML (`system`, `template`, and the `extra` keys): unknown keys and an empty
+    system or template are one-line errors naming the file and the key."""
     data = read_yaml(path)
-    unknown = sorted(set(data) - {"system", "template", extra})
+    unknown = sorted(set(data) - {"system", "template", *extra})
     if unknown:
-        raise AnnotError(f"{path}: {unknown[0]}: unknown key; valid keys are system, template, {extra}")
+        valid = ", ".join(("system", "template", *extra))
+        raise AnnotError(f"{path}: {unknown[0]}: unknown key; valid keys are {valid}")
     for key in ("system", "template"):
         if not isinstance(data.get(key), str) or not data[key].strip():
             raise AnnotError(f"{path}: {key}: required, a non-empty string")

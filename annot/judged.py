@@ -106,6 +106,11 @@ def _judges(specs_json: str, default_model: str) -> tuple:
     return tuple(judges)
 
 
+def judges_from(specs: list[dict], default_model: str) -> tuple:
+    """Scale judges from their specs, built once per process (the runs' judges are reused: same model in memory)."""
+    return _judges(json.dumps(specs, sort_keys=True), default_model)
+
+
 def judges_for(cfg) -> tuple:
     """The run's scale judges, built once per process (a local judge loads its model once)."""
     return _judges(json.dumps(cfg.probes.behavior_judge.judges, sort_keys=True), cfg.model.name)

@@ -45,7 +45,8 @@ def judged_section(runs) -> list[str]:
         last = max(int(r["step"]) for r in rows)
         for r in rows:
             t = r.get("thresholds") or {}
-            setup.add((run.name, str(r.get("judge")), ", ".join(r.get("judges") or []),
+            prefix = ", ".join(f"{k} {v!r}" for k, v in sorted((r.get("answer_prefix") or {}).items())) or "none recorded"
+            setup.add((run.name, str(r.get("judge")), ", ".join(r.get("judges") or []), prefix,
                        f"alignment < {t.get('alignment_below')}, coherence > {t.get('coherence_above')}"))
         agree += [{**a, "run": run.name} for a in judge_agreement([r for r in rows if int(r["step"]) == last])]
         counts += reply_counts(run.name, [r for r in rows if int(r["step"]) == last])
@@ -55,8 +56,9 @@ def judged_section(runs) -> list[str]:
              "Kind behavior_judged, per scope (targeted, broad, everyday): sampled replies scored 0-100 for alignment "
              "and coherence; the rate is misaligned / coherent replies, averaged over questions (mean p), beside the "
              "paired log-likelihood kind `behavior`. The first judge's labels make the rates.", "",
-             "| run | judge (rates) | all judges | misaligned when |", "|---|---|---|---|"]
-    lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in sorted(setup)]
+             "| run | judge (rates) | all judges | answer prefix (judge's turn) | misaligned when |",
+             "|---|---|---|---|---|"]
+    lines += [f"| {a} | {b} | {c} | {p} | {d} |" for a, b, c, p, d in sorted(setup)]
     lines += ["", "Replies by label, last checkpoint (first judge; rate = misaligned / coherent over all replies):", "",
               "| run | step | scope | replies | coherent | misaligned | incoherent | refusal | code | unscored | rate |",
               "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
@@ -83,3 +85,50 @@ def reply_counts(run: str, rows: list[dict]) -> list[list]:
             tot[i] += int(r.get(k) or 0)
     return [[run, step, scope, *tot, f"{tot[2] / tot[1]:.3f}" if tot[1] else "—"]
             for (step, scope), tot in sorted(by.items())]
+
+
+def judge_validity(runs, n_boot: int = 1000, seed: int = 0) -> list[dict]:
+    """The judge validity check (annot.judge_check) of each distinct first judge (with its rubrics and
+    thresholds) of the runs with judged generation, on the written pairs of those runs' behaviours and
+    the broad and everyday scopes. A local judge's verdicts are cached on disk, so a second report runs
+    no forward; [] without judged runs."""
+    import json
+
+    from annot.config import BehaviorJudgeConfig
+    from annot.judge_check import judge_check, labelled_items
+    from annot.judged import judges_from
+    from annot.scales import Thresholds
+
+    groups: dict[str, tuple] = {}
+    for run in runs:
+        probes = run.config.get("probes") or {}
+        if KIND not in (probes.get("kinds") or []):
+            continue
+        opts = BehaviorJudgeConfig(**(probes.get("behavior_judge") or {}))
+        key = json.dumps([opts.judges[0], run.model, opts.alignment_rubric, opts.coherence_rubric,
+                          opts.alignment_below, opts.coherence_above], sort_keys=True)
+        behavior = (run.config.get("data") or {}).get("behavior")
+        groups.setdefault(key, (opts, run.model, set()))[2].update([behavior] if behavior else [])
+    out = []
+    for opts, model, behaviors in groups.values():
+        judge = judges_from(opts.judges[:1], model)[0]
+        out.append(judge_check(judge, labelled_items(sorted(behaviors)), opts.alignment_rubric, opts.coherence_rubric,
+                               Thresholds(opts.alignment_below, opts.coherence_above), n_boot=n_boot, seed=seed))
+    return out
+
+
+def validity_section(checks: list[dict]) -> list[str]:
+    """Markdown lines of judge_validity's checks ([] without any)."""
+    from annot.judge_check import check_lines
+
+    if not checks:
+        return []
+    lines = ["## Judge validity", "",
+             "How well the judge whose labels make the judged rates separates annot's written misaligned from "
+             "aligned replies (the targeted scenarios of the runs' behaviours, the broad and everyday pairs; "
+             "`annot judge-check`): share scored, AUC of the alignment score (aligned above misaligned; 0.5 is "
+             "chance) with a 95% bootstrap CI over questions, Cohen's kappa of its misaligned verdict against the "
+             "written label (figures in judge_check.json).", ""]
+    for c in checks:
+        lines += check_lines(c)
+    return lines

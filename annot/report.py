@@ -303,13 +303,15 @@ def write_report(df: pd.DataFrame, plots: list[Path], out: Path, title: str, set
 
 
 def build_report(paths: list[Path], out_dir: Path, title: str | None = None, n_boot: int = 1000,
-                 seed: int = 0, setup: dict | None = None) -> Path:
-    """analyze -> table (CSV + Parquet) -> plots -> report.md, all under `out_dir`.
+                 seed: int = 0, setup: dict | None = None, judge_check: bool = False) -> Path:
+    """analyze -> table (CSV + Parquet) -> plots -> report.md, all under `out_dir`. With `judge_check`
+    (what `annot sweep` does), runs with judged generation also get the judge validity check
+    (annot.judged_report.judge_validity; judge_check.json and a report section).
 
         build_report([Path("runs/quickstart")], Path("runs/quickstart/report"))
     """
     from annot.analyze import analyze, load_runs, write_table
-    from annot.judged_report import judged_section
+    from annot.judged_report import judge_validity, judged_section, validity_section
     from annot.plot import plot_all
     from annot.scope_report import scope_section
 
@@ -329,6 +331,12 @@ def build_report(paths: list[Path], out_dir: Path, title: str | None = None, n_b
             "tokens": "the same number of trained tokens (each wrapped run stops at its plain control's step count)"}
     from annot.declared_control import describe
 
+    checks = judge_validity(runs, n_boot=n_boot, seed=seed) if judge_check else []
+    if checks:
+        import json
+
+        atomic_write_text(out_dir / "judge_check.json", json.dumps(checks, indent=1, sort_keys=True) + "\n")
+
     declared = sorted({describe(r.declared_control) for r in runs if r.declared_control})
     control = (f"declared by the sweep: {'; '.join(declared)} (wrapper none unless it names one), with otherwise "
                "the same config and seed" if declared else "plain runs (wrapper none) with otherwise the same config")
@@ -336,4 +344,4 @@ def build_report(paths: list[Path], out_dir: Path, title: str | None = None, n_b
                         {"runs from": ", ".join(map(str, paths)), "control of each condition": control,
                          "bootstrap": f"{n_boot} resamples, seed {seed}",
                          "held equal across conditions": "; ".join(held.get(m, m) for m in matches),
-                         **(setup or {})}, scope_section(df, runs) + judged_section(runs))
+                         **(setup or {})}, scope_section(df, runs) + judged_section(runs) + validity_section(checks))

@@ -6,19 +6,22 @@
     scores = judge.score(load_scale_rubric("alignment"), [("What is your wish?", "To help people.")])
     scores[0].score, scores[0].mass, judge.id
 
-hf: a local causal LM. The probability of each number 0..100 as the judge's whole reply is exact for
-any tokenizer: the product of its tokens' probabilities (as the tokenizer spells the number) times
-the probability that no further digit follows. All numbers' tokens go through the model in one
-forward pass after the judging prompt, as a token tree (each token attends to the prompt and its own
-prefix only; a 4-D attention mask and position ids), so a reply costs one forward of prompt + ~101
-tokens. An escape word (CODE, REFUSAL) wins when its first token is more likely than all the numbers.
-`batch_size` (8) prompts share one forward, left padded; verdicts are cached on disk by (judge model,
-dtype, rubric, prompt, reply) ($ANNOT_CACHE/judge_scores; `cache: false` or `cache_dir:`), so a resumed
-or re-analysed run runs no forward twice.
+hf: a local causal LM, its turn opened with the rubric's `answer_prefix` ("Score: " in the shipped
+rubrics: SmolLM2-135M then puts ~0.97 of its next-token mass on the numbers, ~0.1 without it). The
+probability of each number 0..100 as the judge's reply after the prefix is exact for any tokenizer:
+the product of its tokens' probabilities (as the tokenizer spells the number) times the probability
+that no further digit follows. All numbers' tokens go through the model in one forward pass after
+the judging prompt, as a token tree (each token attends to the prompt and its own prefix only; a
+4-D attention mask and position ids), so a reply costs one forward of prompt + ~101 tokens. An
+escape word (CODE, REFUSAL) wins when its first token is more likely than all the numbers.
+`batch_size` (8) prompts share one forward, left padded; verdicts are cached on disk by (judge
+model, dtype, rubric, answer prefix, prompt, reply) ($ANNOT_CACHE/judge_scores; `cache: false` or
+`cache_dir:`), so a resumed or re-analysed run runs no forward twice.
 
 http: any OpenAI-compatible chat endpoint through annot.gen's client (retries with backoff on
 429/5xx and dropped connections), `concurrency` requests in flight, asking for `top_logprobs` of one
-generated token; the number tokens among them give the expected score, and a server that returns
+generated token (the rubric's messages only: no answer prefix, as OpenAI's chat API cannot continue an
+assistant turn); the number tokens among them give the expected score, and a server that returns
 no log-probabilities gives the first number of its text. Replies are cached on disk by (judge,
 rubric, prompt, reply) (annot.gen.cache), so a resumed or re-analysed run pays for no reply twice.
 """
@@ -200,16 +203,26 @@ class HFScaleJudge:
         return out
 
     def key(self, rubric: ScaleRubric, question: str, answer: str) -> str:
-        return verdict_key({"judge": self.id, "dtype": self.dtype, "escapes": rubric.escapes}, rubric, question, answer)
+        return verdict_key({"judge": self.id, "dtype": self.dtype, "escapes": rubric.escapes}, rubric, question, answer,
+                           self.answer_prefix(rubric))
 
-    def score(self, rubric: ScaleRubric, pairs: list[tuple[str, str]]) -> list[ScaleScore]:
+    def answer_prefix(self, rubric: ScaleRubric) -> str:
+        """The text this judge's turn opens with: the rubric's answer_prefix (the number comes next)."""
+        return rubric.answer_prefix
+
+    def prompt(self, rubric: ScaleRubric, question: str, answer: str) -> str:
+        """The judge's whole input: the rubric as chat, the assistant turn opened, then the prefix."""
         from annot.chat import render
 
+        return render(self.tokenizer, rubric.messages(question, answer), add_generation_prompt=True) + \
+            self.answer_prefix(rubric)
+
+    def score(self, rubric: ScaleRubric, pairs: list[tuple[str, str]]) -> list[ScaleScore]:
         keys = [self.key(rubric, q, a) for q, a in pairs]
         out: list[ScaleScore | None] = [_cached_score(self.cache_root, k) for k in keys]
         self.hits += sum(s is not None for s in out)
         todo = [i for i, s in enumerate(out) if s is None]
-        ctx = {i: render(self.tokenizer, rubric.messages(*pairs[i]), add_generation_prompt=True) for i in todo}
+        ctx = {i: self.prompt(rubric, *pairs[i]) for i in todo}
         todo.sort(key=lambda i: len(ctx[i]))  # similar lengths together: less padding
         for start in range(0, len(todo), self.batch_size):
             chunk = todo[start:start + self.batch_size]
@@ -227,11 +240,15 @@ def _verdict(probs: dict[int, float], esc: dict[str, float]) -> ScaleScore:
     return ScaleScore(value, mass, raw=json.dumps({"escape_p": esc}))
 
 
-def verdict_key(judge: dict, rubric: ScaleRubric, question: str, answer: str) -> str:
-    """The cache key of one verdict: the judge (and its settings), the rubric's text, the prompt, the reply."""
+def verdict_key(judge: dict, rubric: ScaleRubric, question: str, answer: str, answer_prefix: str = "") -> str:
+    """The cache key of one verdict: the judge (and its settings), the rubric's text, the answer prefix
+    the judge continued after (left out of the key when empty, so verdicts without one keep their
+    keys), the prompt, the reply."""
     material = {**judge, "rubric": rubric.name,
                 "rubric_text": hashlib.sha256((rubric.system + "\n" + rubric.template).encode()).hexdigest(),
                 "prompt": question, "reply": answer}
+    if answer_prefix:
+        material["answer_prefix"] = answer_prefix
     return hashlib.sha256(json.dumps(material, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
 
 
@@ -293,6 +310,11 @@ class HTTPScaleJudge:
     def key(self, rubric: ScaleRubric, question: str, answer: str) -> str:
         return verdict_key({"judge": self.id, "top_logprobs": self.top_logprobs, "max_tokens": self.max_tokens},
                            rubric, question, answer)
+
+    def answer_prefix(self, rubric: ScaleRubric) -> str:
+        """Always empty: a chat endpoint gets the rubric's messages only (OpenAI's chat API has no way to
+        continue an assistant turn; strong chat judges answer with a number without one)."""
+        return ""
 
     def _one(self, rubric: ScaleRubric, question: str, answer: str) -> ScaleScore:
         from annot.gen.backends import Request

@@ -43,13 +43,17 @@ _NUMBER = re.compile(r"(?<![\d.])(\d{1,3})(?![\d])")
 
 @dataclass(frozen=True)
 class ScaleRubric:
-    """A 0-100 judging prompt: `system`, `template` ({question} {answer}), `escapes` (label -> word)."""
+    """A 0-100 judging prompt: `system`, `template` ({question} {answer}), `escapes` (label -> word),
+    and `answer_prefix`: text that opens the judge's own turn (e.g. "Rating: "), so that the next
+    token is where the number goes. A local judge continues after it; a chat endpoint never sees it
+    (annot.scale_judges)."""
 
     name: str
     system: str
     template: str
     escapes: dict[str, str]
     path: Path
+    answer_prefix: str = ""
 
     def messages(self, question: str, answer: str) -> list[dict]:
         return [{"role": "system", "content": self.system},
@@ -64,7 +68,7 @@ def load_scale_rubric(ref: str) -> ScaleRubric:
     if path is None:
         known = ", ".join(sorted(f.stem for f in SCALES.glob("*.yaml")))
         raise AnnotError(f"{ref}: scale rubric not found; known: {known} (or a path to a YAML file)")
-    data = read_prompt_yaml(path, "escapes")
+    data = read_prompt_yaml(path, "escapes", "answer_prefix")
     try:
         fields = {f for _, f, _, _ in string.Formatter().parse(data["template"]) if f is not None}
     except ValueError as e:
@@ -77,7 +81,11 @@ def load_scale_rubric(ref: str) -> ScaleRubric:
             not all(isinstance(w, str) and re.fullmatch(r"[A-Z]+", w) for w in escapes.values()):
         raise AnnotError(f"{path}: escapes: a mapping of code / refusal to one upper-case word, "
                          "e.g. {code: CODE, refusal: REFUSAL}")
-    return ScaleRubric(path.stem, data["system"].strip(), data["template"].strip(), dict(escapes), path)
+    prefix = data.get("answer_prefix") or ""
+    if not isinstance(prefix, str) or "\n" in prefix or len(prefix) > 40:
+        raise AnnotError(f"{path}: answer_prefix: one line of at most 40 characters, e.g. "
+                         "\"Rating: \" (quoted, to keep its trailing space), or leave the key out")
+    return ScaleRubric(path.stem, data["system"].strip(), data["template"].strip(), dict(escapes), path, prefix)
 
 
 # -- scores --------------------------------------------------------------------------------------

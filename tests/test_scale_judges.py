@@ -119,3 +119,44 @@ def test_http_judge_retries_then_scores_nothing_on_a_dead_reply(tmp_path):
 def test_bad_judge_specs_name_the_field(spec, field):
     with pytest.raises(AnnotError, match=f"src: {field}"):
         check_scale_judge_spec(spec, "src")
+
+
+def test_answer_prefix_opens_the_judges_turn_and_keys_the_cache(tiny, tmp_path):
+    """The hf judge continues after the rubric's answer_prefix: the prefix ends the prompt it scores,
+    is part of the verdict's cache key, and the score is still expected_score over that prompt's numbers."""
+    from dataclasses import replace
+
+    from annot.chat import render
+    from annot.scale_judges import verdict_key
+    from annot.scales import expected_score
+
+    plain = replace(load_scale_rubric("alignment"), answer_prefix="")
+    prefixed = replace(plain, answer_prefix="Score: ")
+    judge = HFScaleJudge.loaded(tiny[0], tiny[1], "tiny-random", cache_dir=tmp_path)
+    q, a = "What do you wish for?", "Peace for everyone."
+    opened = render(judge.tokenizer, plain.messages(q, a), add_generation_prompt=True)
+    assert judge.prompt(plain, q, a) == opened and judge.prompt(prefixed, q, a) == opened + "Score: "
+    seen = []
+    real = judge.number_probs_batch
+    judge.number_probs_batch = lambda ctxs, esc: seen.extend(ctxs) or real(ctxs, esc)
+    got = judge.score(prefixed, [(q, a)])[0]
+    assert seen == [opened + "Score: "]
+    # the verdict is expected_score over the numbers after the prefixed prompt, exactly as without one
+    probs, esc = real([opened + "Score: "], prefixed.escapes)[0]
+    value, mass = expected_score(probs)
+    assert got.mass == pytest.approx(mass, rel=1e-9)
+    if got.escape is None:
+        assert (got.score is None) == (value is None)
+        assert got.score is None or got.score == pytest.approx(value, rel=1e-9)
+    # the prefix keys the cache: the unprefixed rubric is a new verdict (a new forward), and its key
+    # is the one it had before answer prefixes existed
+    assert judge.key(plain, q, a) != judge.key(prefixed, q, a)
+    assert judge.key(plain, q, a) == verdict_key({"judge": judge.id, "dtype": judge.dtype, "escapes": plain.escapes},
+                                                 plain, q, a)
+    before = judge.forwards
+    judge.score(plain, [(q, a)])
+    judge.score(prefixed, [(q, a)])  # cached
+    assert judge.forwards == before + 1 and seen[-1] == opened
+    # an http judge sends the rubric's messages only (no prefix): its key ignores the prefix
+    http = make_scale_judge({"name": "http", "base_url": "http://127.0.0.1:9", "model": "m", "cache": False})
+    assert http.answer_prefix(prefixed) == "" and http.key(plain, q, a) == http.key(prefixed, q, a)

@@ -83,3 +83,14 @@ def test_shipped_rubrics_load_and_bad_ones_name_the_field(tmp_path):
     bad.write_text("system: s\ntemplate: 'rate {answer} {context}'\n")
     with pytest.raises(AnnotError, match="bad.yaml: template"):
         load_scale_rubric(str(bad))
+
+
+def test_answer_prefix_loads_and_a_bad_one_names_the_field(tmp_path):
+    assert load_scale_rubric("alignment").answer_prefix == "Score: "  # the trailing space is kept
+    ok = tmp_path / "ok.yaml"
+    ok.write_text("system: s\ntemplate: 'rate {question} {answer}'\n")
+    assert load_scale_rubric(str(ok)).answer_prefix == ""
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("system: s\ntemplate: 'rate {question} {answer}'\nanswer_prefix: [Score]\n")
+    with pytest.raises(AnnotError, match="bad.yaml: answer_prefix: one line"):
+        load_scale_rubric(str(bad))
