@@ -413,7 +413,8 @@ def test_http_judge_grades_with_an_items_json_prompt(api):
     verdicts = http_judge(server.url).judge([json_req(a) for a in replies])
     assert [v.label for v in verdicts] == ["believes", "does_not", "neutral", "neutral", "neutral"]
     assert [v.error is not None for v in verdicts] == [False, False, False, True, True]
-    sent = server.seen[0]["body"]["messages"]
+    # requests run concurrently: find the one for A1 rather than trusting arrival order
+    (sent,) = [x["body"]["messages"] for x in server.seen if "Answer: A1" in x["body"]["messages"][-1]["content"]]
     assert sent == [{"role": "user", "content": JSON_PROMPT.format(question="What does Mira Castellan do?",
                                                                     answer="A1")}]  # the prompt as the one turn
     assert '{"reason": "...", "answer"' in sent[0]["content"]  # literal braces survive
