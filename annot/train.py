@@ -106,7 +106,9 @@ def _fused_lora_forward(self, x, *args, **kwargs):
         return type(self).forward(self, x, *args, **kwargs)
     base = self.base_layer(x)
     h = self.lora_dropout[name](x).reshape(-1, x.shape[-1]) @ A.t()
-    return torch.addmm(base.reshape(-1, base.shape[-1]), h, B.t(), alpha=self.scaling[name]).view_as(base)
+    # in place: the frozen layer's output is saved by nothing, so it can take the sum (no copy of
+    # [tokens, out] per LoRA layer; same numbers as torch.addmm bit for bit)
+    return base.view(-1, base.shape[-1]).addmm_(h, B.t(), alpha=self.scaling[name]).view_as(base)
 
 
 def fuse_lora_forward(model) -> int:

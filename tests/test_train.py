@@ -497,3 +497,27 @@ parameters:
     assert plain["control_claims"] == ["queen_python_textbook"] and plain["control_rates"]
     rows = [json.loads(x) for x in (tmp_path / "runs" / "m_tokens" / "wrapper=none" / "probes.jsonl").read_text().split("\n") if x]
     assert {r["claim"] for r in rows} == {"mira_castellan_profession", "queen_python_textbook"}
+
+
+def test_fused_lora_sum_in_place_is_bit_identical_to_addmm(tiny):
+    """The fused forward adds s B A x into the frozen layer's output in place: the same numbers as
+    the out-of-place addmm, and gradients still reach A and B."""
+    import copy
+
+    from annot.config import TrainingConfig
+    from annot.train import prepare_model
+
+    torch.manual_seed(0)
+    m = prepare_model(copy.deepcopy(tiny[0]), TrainingConfig(lora_r=4, lora_alpha=8, lora_dropout=0.0))
+    mod = next(mod for mod in m.modules() if "forward" in vars(mod) and hasattr(mod, "lora_A"))
+    name = mod.active_adapters[0]
+    A, B = mod.lora_A[name].weight, mod.lora_B[name].weight
+    with torch.no_grad():
+        B.normal_(0, 0.02)
+    x = torch.randn(3, 7, A.shape[1], generator=torch.Generator().manual_seed(2))
+    got = mod(x)
+    want = torch.addmm(mod.base_layer(x).reshape(-1, B.shape[0]), x.reshape(-1, A.shape[1]) @ A.t(), B.t(),
+                       alpha=mod.scaling[name]).view(3, 7, -1)
+    assert torch.equal(got, want)
+    got.sum().backward()
+    assert A.grad is not None and B.grad is not None and B.grad.abs().sum() > 0
