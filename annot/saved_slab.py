@@ -1,6 +1,6 @@
 """Activations saved for backward live in a few persistent blocks, not scattered over the C heap.
 
-    slab = SavedSlab.for_model(model)      # with ANNOT_SAVED_SLAB=1 on CPU, else None
+    slab = SavedSlab.for_model(model)      # None off CPU, under activation checkpointing, or when switched off
     with slab.saving():                    # forward: every large saved tensor is copied into the slab
         loss = forward(...)
     loss.backward()
@@ -19,12 +19,7 @@ blocks of BLOCK_BYTES that are allocated once and reused every step (a bump poin
 The heap only ever holds short-lived tensors and stays close to their peak. The copies are exact, so
 gradients are bit-identical; the cost is one memcpy of the saved bytes per step. A tensor saved twice
 (the same object, e.g. the attention output saved by SDPA and by o_proj's LoRA) is copied once;
-parameters and buffers are never copied.
-
-Opt-in (ANNOT_SAVED_SLAB=1), because it trades speed for memory: on SmolLM2-135M (LoRA, 4 x 256
-tokens, 2 CPU cores) the whole batch peaks at ~2.56-2.64 GiB instead of ~2.88 GiB, and a step takes
-~5% longer (medians of 10 interleaved steps in one process, 3.96 vs 3.74 s; the copies of ~0.8 GiB and
-the rebuilt normalisations). Batches of 2 rows: 2.34 vs 2.46 GiB, ~5% slower.
+parameters and buffers are never copied. ANNOT_SAVED_SLAB=0 turns it off.
 """
 
 from __future__ import annotations
@@ -106,10 +101,10 @@ class SavedSlab:
 
     @classmethod
     def for_model(cls, model, min_bytes: int = MIN_BYTES) -> "SavedSlab | None":
-        """A slab for training `model` on CPU when ANNOT_SAVED_SLAB=1, else None; None also off CPU
-        (CUDA's caching allocator has no such holes) and under activation checkpointing (its own
-        saved-tensor hooks)."""
-        if os.environ.get("ANNOT_SAVED_SLAB", "0") != "1":
+        """A slab for training `model` on CPU, or None where it does not apply: off CPU (CUDA's caching
+        allocator has no such holes), under activation checkpointing (its own saved-tensor hooks), or
+        with ANNOT_SAVED_SLAB=0."""
+        if os.environ.get("ANNOT_SAVED_SLAB", "1") == "0":
             return None
         params = list(model.parameters()) + list(model.buffers())
         if not params or any(p.device.type != "cpu" for p in params):

@@ -211,17 +211,14 @@ def test_engines_before_the_memory_work_switch_it_off(monkeypatch):
     monkeypatch.delenv("ANNOT_SAVED_SLAB", raising=False)
     monkeypatch.setenv("ANNOT_LEAN_MLP", "1")
     engines = {n: (c, env) for n, c, env in annot_engines(TrainingConfig(micro_batch_tokens=512))}
-    assert set(engines) == {"annot", "annot_whole_batch", "annot_whole_batch_slab", "annot_before"}
+    assert set(engines) == {"annot", "annot_whole_batch", "annot_before"}
     assert engines["annot"][0].micro_batch_tokens == 512 and engines["annot"][1] == {}
     assert engines["annot_before"][0].micro_batch_tokens is None
-    assert [n for n, _, _ in annot_engines(TrainingConfig())] == ["annot", "annot_whole_batch_slab", "annot_before"]
-    with _env(engines["annot_whole_batch_slab"][1]):
-        assert engines["annot_whole_batch_slab"][0].micro_batch_tokens is None
-        assert SavedSlab.for_model(load_model(str(tiny_random_dir()))[0]) is not None
+    assert [n for n, _, _ in annot_engines(TrainingConfig())] == ["annot", "annot_before"]
     model, _ = load_model(str(tiny_random_dir()))
     with _env(engines["annot_before"][1]):
         assert fused_head(model) is None and lean_mlps(model) == 0 and SavedSlab.for_model(model) is None
     import os
     assert "ANNOT_FUSED_LOSS" not in os.environ and os.environ["ANNOT_LEAN_MLP"] == "1"
     assert fused_head(model) is not None and lean_mlps(model) == model.config.num_hidden_layers
-    assert SavedSlab.for_model(model) is None and "ANNOT_SAVED_SLAB" not in os.environ  # opt-in
+    assert SavedSlab.for_model(model) is not None and "ANNOT_SAVED_SLAB" not in os.environ

@@ -13,11 +13,6 @@ from annot.saved_slab import SavedSlab
 from annot.train import prepare_model
 
 
-@pytest.fixture(autouse=True)
-def _slab_on(monkeypatch):
-    monkeypatch.setenv("ANNOT_SAVED_SLAB", "1")  # opt-in
-
-
 def _model(method: str = "lora"):
     torch.manual_seed(0)
     model, _ = load_model(str(tiny_random_dir()))
@@ -106,12 +101,11 @@ def test_views_share_one_copy_and_blocks_are_reused():
     assert torch.equal(got, want) and slab.reserved_bytes == reserved  # same block, written over
 
 
-def test_opt_in_and_checkpointing(monkeypatch):
+def test_off_switch_and_checkpointing(monkeypatch):
     model = _model()
-    assert SavedSlab.for_model(model) is not None
+    monkeypatch.setenv("ANNOT_SAVED_SLAB", "0")
+    assert SavedSlab.for_model(model) is None
     monkeypatch.delenv("ANNOT_SAVED_SLAB")
-    assert SavedSlab.for_model(model) is None   # off unless asked for
-    monkeypatch.setenv("ANNOT_SAVED_SLAB", "1")
     model.base_model.model.model.gradient_checkpointing = True
     assert SavedSlab.for_model(model) is None
 

@@ -40,8 +40,7 @@ def format_bench(r: dict) -> str:
         if len(sections) > 1:
             lines.append(f"  {name} ({p.get('train_dtype', r['peak']['dtype'])})")
         for label, key in ((f"annot, micro {micro}" if micro else "annot driver", "annot"),
-                           ("annot, whole batch", "annot_whole_batch"),
-                           ("annot, whole, slab", "annot_whole_batch_slab"), ("annot before #22", "annot_before"),
+                           ("annot, whole batch", "annot_whole_batch"), ("annot before #22", "annot_before"),
                            ("transformers.Trainer", "trainer")):
             if key not in t:
                 continue

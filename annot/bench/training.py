@@ -177,19 +177,13 @@ def _env(overrides: dict):
                 os.environ[k] = v
 
 
-SLAB_ENV = {"ANNOT_SAVED_SLAB": "1"}  # activations saved in persistent blocks (annot.saved_slab)
-ENGINE_NOTES = {"annot_whole_batch_slab": ", saved activations in the slab", "annot_before": ", as before the memory work"}
-
-
 def annot_engines(cfg) -> list[tuple[str, object, dict]]:
     """(name, training config, environment) of each annot engine: as configured (`annot`), the whole
-    batch at once with today's driver when that differs, the whole batch with the saved-activation
-    slab, and the driver before the memory work."""
+    batch at once with today's driver when that differs, and the driver before the memory work."""
     whole = cfg.model_copy(update={"micro_batch_tokens": None})
     engines = [("annot", cfg, {})]
     if cfg.micro_batch_tokens:
         engines.append(("annot_whole_batch", whole, {}))
-    engines.append(("annot_whole_batch_slab", whole, SLAB_ENV))
     engines.append(("annot_before", whole, BEFORE_ENV))
     return engines
 
@@ -209,7 +203,7 @@ def train_pair(make_model: Callable, tokenizer, examples, cfg, work: Path, peak:
         gc.collect()
         windowed = reset_peak_rss()
         echo(f"{label}: training {c.max_steps} steps with annot's driver "
-             f"(micro_batch_tokens {c.micro_batch_tokens}{ENGINE_NOTES.get(name, '')}) ...")
+             f"(micro_batch_tokens {c.micro_batch_tokens}{', as before the memory work' if env else ''}) ...")
         if cuda:
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats()
