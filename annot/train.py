@@ -15,7 +15,6 @@ train() reads top to bottom as setup, loop, checkpoint:
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
@@ -36,7 +35,6 @@ from annot.distributed import UNSUPPORTED_DISTRIBUTED, Launch, launch_state, sta
 from annot.errors import RunFailed
 from annot.fused_ce import FusedHead, fused_head
 from annot.lean_mlp import lean_mlps
-from annot.saved_slab import SavedSlab
 from annot.loss_mask import (Packed, Tokenized, chat_spans, pack, render_chat, token_weights, tokenize_cached,
                              tokenize_documents, tokenize_examples, tokenize_transcripts)
 
@@ -255,8 +253,7 @@ def row_chunks(rows: torch.Tensor, seq_len: int, micro_batch_tokens: int | None)
 
 
 def micro_batch_backward(model, packed: Packed, idx: torch.Tensor, launch: Launch, denom: float,
-                         micro_batch_tokens: int | None, fused: FusedHead | None = None,
-                         slab: SavedSlab | None = None) -> float:
+                         micro_batch_tokens: int | None, fused: FusedHead | None = None) -> float:
     """Backward of sum(w * ce) / denom over this process's rows of micro-batch `idx` (all of them
     with one process), a few rows at a time (see TrainingConfig.micro_batch_tokens, which bounds the
     activations alive at once); returns sum(w * ce)."""
@@ -271,25 +268,20 @@ def micro_batch_backward(model, packed: Packed, idx: torch.Tensor, launch: Launc
     for rows in row_chunks(torch.arange(mine.numel()), packed.input_ids.size(1), micro_batch_tokens):
         sel = mine[rows]
         batch = {k: getattr(packed, k)[sel].to(device) for k in ("input_ids", "position_ids")}
-        # on CPU the activations kept for backward go to persistent blocks (annot.saved_slab)
-        with slab.saving() if slab is not None else contextlib.nullcontext():
-            if fused is not None:  # LM head + loss in chunks: no [rows, seq_len, vocab] tensor (annot.fused_ce)
-                s = fused.loss_sum(batch, packed.labels[sel].to(device), weights[rows].to(device))
-            else:
-                logits = model(**batch, use_cache=False).logits  # [rows, seq_len, vocab]
-                s, _ = weighted_ce(logits, packed.labels[sel].to(device), weights[rows].to(device))
-                del logits
+        if fused is not None:  # LM head + loss in chunks: no [rows, seq_len, vocab] tensor (annot.fused_ce)
+            s = fused.loss_sum(batch, packed.labels[sel].to(device), weights[rows].to(device))
+        else:
+            logits = model(**batch, use_cache=False).logits  # [rows, seq_len, vocab]
+            s, _ = weighted_ce(logits, packed.labels[sel].to(device), weights[rows].to(device))
+            del logits
         # x world: DDP averages gradients over processes, and each holds only its share of the sum
         launch.accelerator.backward(s / max(denom, 1.0) * launch.world)
-        if slab is not None:
-            slab.release()
         total += float(s.detach())
     return total
 
 
 def optimizer_step(model, opt, params: list, packed: Packed, micro: list[torch.Tensor], cfg: TrainingConfig,
-                   launch: Launch, counters: Counters, fused: FusedHead | None = None,
-                   slab: SavedSlab | None = None) -> float:
+                   launch: Launch, counters: Counters, fused: FusedHead | None = None) -> float:
     """One optimizer step over the micro-batches `micro`, normalised by the weight of the whole step
     so that accumulation equals one big batch; returns the step's loss, counts its tokens."""
     acc, world = launch.accelerator, launch.world
@@ -298,7 +290,7 @@ def optimizer_step(model, opt, params: list, packed: Packed, micro: list[torch.T
     for idx in micro:
         counters.tokens_seen += int(idx.numel() * cfg.seq_len)
         counters.tokens_loss += int((packed.weights[idx] > 0).sum())
-        loss_sum += micro_batch_backward(model, packed, idx, launch, denom, cfg.micro_batch_tokens, fused, slab)
+        loss_sum += micro_batch_backward(model, packed, idx, launch, denom, cfg.micro_batch_tokens, fused)
     if world > 1:
         loss_sum = float(acc.reduce(torch.tensor(loss_sum, device=acc.device), reduction="sum"))
     acc.clip_grad_norm_(params, cfg.max_grad_norm)
@@ -347,7 +339,6 @@ def train(examples: list[dict], model, tokenizer, cfg: TrainingConfig, out_dir: 
     # one process: the loss straight from the decoder's hidden states (no full logits); DDP/FSDP need
     # their wrapper's forward, so they keep the plain path
     fused = fused_head(model) if launch.world == 1 else None
-    slab = SavedSlab.for_model(model) if launch.world == 1 else None
     checkpointer = Checkpointer(launch, out_dir, cfg.method, on_checkpoint, hooks or TrainHooks())
     t0, tokens_at_start, loss = time.time(), counters.tokens_seen, float("nan")
     if found:
@@ -364,7 +355,7 @@ def train(examples: list[dict], model, tokenizer, cfg: TrainingConfig, out_dir: 
             for group in opt.param_groups:
                 group["lr"] = lr
             micro = [next(batches) for _ in range(cfg.grad_accum)]
-            loss = optimizer_step(model, opt, params, packed, micro, cfg, launch, counters, fused, slab)
+            loss = optimizer_step(model, opt, params, packed, micro, cfg, launch, counters, fused)
             counters.step = step
             if not math.isfinite(loss):
                 raise RunFailed(f"training: the loss is {loss} at step {step}; the run stopped and is not complete "
@@ -379,8 +370,6 @@ def train(examples: list[dict], model, tokenizer, cfg: TrainingConfig, out_dir: 
             bar.update(1, loss=f"{loss:.3f}", tok_s=f"{row['tokens_per_s']:.0f}")
             if step in ckpts:
                 checkpointer.save(step, model, opt, counters)
-    if slab is not None:
-        slab.close()  # its blocks go back to the system before probing or the next run
     return TrainResult(total, ckpts, counters.tokens_seen, loss, time.time() - t0, processes=launch.world,
                        probe_after=launch.sharded, tokens_loss=counters.tokens_loss)
 

@@ -197,18 +197,15 @@ def test_peak_rss_window_is_per_engine():
 
 
 def test_engines_before_the_memory_work_switch_it_off(monkeypatch):
-    """annot_before trains the whole batch with the logits path, the MLP's own forward and autograd's
-    own saving of activations; the
+    """annot_before trains the whole batch with the logits path and the MLP's own forward; the
     environment is restored afterwards."""
     from annot.bench.training import _env, annot_engines
     from annot.config import TrainingConfig
     from annot.fused_ce import fused_head
     from annot.lean_mlp import lean_mlps
     from annot.models import load_model, tiny_random_dir
-    from annot.saved_slab import SavedSlab
 
     monkeypatch.delenv("ANNOT_FUSED_LOSS", raising=False)
-    monkeypatch.delenv("ANNOT_SAVED_SLAB", raising=False)
     monkeypatch.setenv("ANNOT_LEAN_MLP", "1")
     engines = {n: (c, env) for n, c, env in annot_engines(TrainingConfig(micro_batch_tokens=512))}
     assert set(engines) == {"annot", "annot_whole_batch", "annot_before"}
@@ -217,8 +214,7 @@ def test_engines_before_the_memory_work_switch_it_off(monkeypatch):
     assert [n for n, _, _ in annot_engines(TrainingConfig())] == ["annot", "annot_before"]
     model, _ = load_model(str(tiny_random_dir()))
     with _env(engines["annot_before"][1]):
-        assert fused_head(model) is None and lean_mlps(model) == 0 and SavedSlab.for_model(model) is None
+        assert fused_head(model) is None and lean_mlps(model) == 0
     import os
     assert "ANNOT_FUSED_LOSS" not in os.environ and os.environ["ANNOT_LEAN_MLP"] == "1"
     assert fused_head(model) is not None and lean_mlps(model) == model.config.num_hidden_layers
-    assert SavedSlab.for_model(model) is not None and "ANNOT_SAVED_SLAB" not in os.environ

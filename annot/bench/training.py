@@ -160,7 +160,7 @@ def time_trainer(model, tokenizer, examples: list[dict], cfg, out_dir: Path, pea
 # annot's driver as it was before the memory work (issue #22): the whole batch in one forward, the
 # [tokens, vocabulary] logits built for the loss, the MLP's own forward. Its figures are the ones the
 # memory work must not lose more than 5% of; it runs in the same process, beside the others.
-BEFORE_ENV = {"ANNOT_FUSED_LOSS": "0", "ANNOT_LEAN_MLP": "0", "ANNOT_SAVED_SLAB": "0"}
+BEFORE_ENV = {"ANNOT_FUSED_LOSS": "0", "ANNOT_LEAN_MLP": "0"}
 
 
 @contextlib.contextmanager
