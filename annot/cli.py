@@ -501,13 +501,15 @@ def train(wrapped, model_name, out, seed, overrides, resume, no_progress):
               help="annot's training.micro_batch_tokens (the quickstart's); 0 = the whole batch at once")
 @click.option("--dtype", type=click.Choice(["auto", "float32", "bfloat16"]), default="auto", show_default=True,
               help="training dtype: auto = fp32 on CPU, bf16 on CUDA (bf16 also adds the random-init rows)")
+@click.option("--repeats", type=click.IntRange(1), default=1, show_default=True,
+              help="rounds of annot's engines, alternating order; medians reported")
 @click.option("--no-lm-eval", is_flag=True, help="skip the lm-eval CLI comparison (slow)")
 @click.option("--sampling", is_flag=True, help="only generation: batched sampling vs a model.generate loop")
 @click.option("-o", "--out", default="bench.json", show_default=True, type=click.Path(dir_okay=False),
               callback=OUT_FILE)
 @friendly
-def bench(model_name, claim, n_docs, steps, batch_size, seq_len, checkpoints, micro_batch_tokens, dtype, no_lm_eval,
-          sampling, out):
+def bench(model_name, claim, n_docs, steps, batch_size, seq_len, checkpoints, micro_batch_tokens, dtype, repeats,
+          no_lm_eval, sampling, out):
     """Benchmark training (vs transformers.Trainer, MFU) and probing (vs lm-eval CLI); --sampling: generation."""
     from annot.bench import run_bench, run_sampling_bench
 
@@ -515,7 +517,7 @@ def bench(model_name, claim, n_docs, steps, batch_size, seq_len, checkpoints, mi
         return run_sampling_bench(model=model_name, out=Path(out), echo=click.echo)
     run_bench(model=model_name, claim=claim, n_docs=n_docs, steps=steps, batch_size=batch_size, seq_len=seq_len,
               checkpoints=checkpoints, lm_eval=not no_lm_eval, out=Path(out), echo=click.echo, dtype=dtype,
-              micro_batch_tokens=micro_batch_tokens)
+              micro_batch_tokens=micro_batch_tokens, repeats=repeats)
 
 
 @main.command()

@@ -218,3 +218,38 @@ def test_engines_before_the_memory_work_switch_it_off(monkeypatch):
     import os
     assert "ANNOT_FUSED_LOSS" not in os.environ and os.environ["ANNOT_LEAN_MLP"] == "1"
     assert fused_head(model) is not None and lean_mlps(model) == model.config.num_hidden_layers
+
+
+def test_median_run_of_repeats():
+    from annot.bench.training import _median_run
+
+    runs = [{"tokens_per_s": t, "peak_rss_mib": m, "k": i} for i, (t, m) in enumerate([(3.0, 10), (1.0, 30), (2.0, 20)])]
+    got = _median_run(runs)
+    assert got["k"] == 2 and got["tokens_per_s"] == 2.0            # the median round itself
+    assert got["peak_rss_mib"] == 30 and got["repeats_peak_rss_mib"] == [10, 30, 20]  # memory: the worst round
+    assert got["repeats_tokens_per_s"] == [3.0, 1.0, 2.0]
+    assert _median_run(runs[:2])["tokens_per_s"] == 1.0           # even: the lower middle (no invented mean)
+    assert _median_run([{"tokens_per_s": 1.0, "peak_rss_mib": None}])["peak_rss_mib"] is None
+
+
+def test_bench_repeats_alternate_order_and_report_medians(tmp_path):
+    lines = []
+    data = run_bench(model="tiny-random", n_docs=6, steps=3, batch_size=2, seq_len=64, checkpoints=2,
+                     lm_eval=False, out=tmp_path / "bench.json", echo=lines.append, repeats=3, micro_batch_tokens=64)
+    train = data["train"]
+    assert train["repeats"] == 3 and data["params"]["repeats"] == 3
+    started = [x for x in lines if "with annot's driver" in x]
+    assert len(started) == 9  # 3 engines x 3 rounds, every other round reversed
+    order = ["micro_batch_tokens 64)", "micro_batch_tokens None)", "as before the memory work)"]
+    for rnd, chunk in enumerate((started[0:3], started[3:6], started[6:9])):
+        want = order if rnd % 2 == 0 else order[::-1]
+        assert all(w.rstrip(")") in got for w, got in zip(want, chunk)), chunk
+    for engine in ("annot", "annot_whole_batch", "annot_before"):
+        x = train[engine]
+        assert len(x["repeats_tokens_per_s"]) == 3
+        assert x["tokens_per_s"] == sorted(x["repeats_tokens_per_s"])[1]
+        assert x["peak_rss_mib"] == max(x["repeats_peak_rss_mib"])
+    per_round = train["vs_before"]["per_round"]
+    assert per_round == pytest.approx([a / b for a, b in zip(train["annot"]["repeats_tokens_per_s"],
+                                                             train["annot_before"]["repeats_tokens_per_s"])])
+    assert "each round" in "\n".join(lines)

@@ -55,6 +55,10 @@ def format_bench(r: dict) -> str:
             lines.append(f"{ind}{'annot / before #22':<{w}}{t['vs_before']['tokens_per_s']:>9.2f}x   (rescaled "
                          f"{t['vs_before']['tokens_per_s_normalised']:.2f}x; before: whole batch, full logits, "
                          f"the MLP's own forward)")
+            per_round = t["vs_before"].get("per_round") or []
+            if len(per_round) > 1:
+                lines.append(f"{ind}{'  each round':<{w}}" + " ".join(f"{x:.2f}x" for x in per_round)
+                             + f"   (medians of {len(per_round)} rounds above; peak RSS: the highest round)")
     lines.append("  MFU: against the mean matmul rate sampled around the steps; vs best: against the peak above")
     pr = r["probe"]
     lines += ["", f"{'probing ' + str(pr['n_checkpoints']) + ' checkpoints':<28}{'seconds':>10}",

@@ -188,32 +188,55 @@ def annot_engines(cfg) -> list[tuple[str, object, dict]]:
     return engines
 
 
+def _median_run(results: list[dict]) -> dict:
+    """The repeat with the median tokens/s (the lower of the two middle ones), carrying every
+    repeat's tokens/s and the highest peak RSS of all (memory is judged by its worst repeat)."""
+    ranked = sorted(results, key=lambda r: r["tokens_per_s"])
+    out = dict(ranked[(len(ranked) - 1) // 2])
+    rss = [r.get("peak_rss_mib") for r in results]
+    out["repeats_tokens_per_s"] = [r["tokens_per_s"] for r in results]
+    out["repeats_peak_rss_mib"] = rss
+    out["peak_rss_mib"] = None if None in rss else max(rss)
+    return out
+
+
 def train_pair(make_model: Callable, tokenizer, examples, cfg, work: Path, peak: dict, echo, label: str,
-               memory: dict) -> dict:
+               memory: dict, repeats: int = 1) -> dict:
     """(a) + (b) for every engine, each on a fresh model from make_model(): annot's driver as
     configured (micro-batches of training.micro_batch_tokens), the whole batch at once, the driver
     before the memory work (annot_engines), and a plain transformers.Trainer. Each engine's peak RSS is
-    measured in a window of its own (`memory["peak_rss_mib_engine"]`)."""
+    measured in a window of its own (`memory["peak_rss_mib_engine"]`). With repeats > 1 the annot
+    engines run that many rounds, every other round in reverse order (so no engine always runs first
+    or last); each reports its median round (tokens/s of every round kept) and its highest peak RSS,
+    and `vs_before` gives the ratio of medians and the ratio within each round."""
     import torch
 
     cuda = torch.cuda.is_available()
     engine_peak = memory.setdefault("peak_rss_mib_engine", {})
-    runs = {}
-    for name, c, env in annot_engines(cfg):
-        gc.collect()
-        windowed = reset_peak_rss()
-        echo(f"{label}: training {c.max_steps} steps with annot's driver "
-             f"(micro_batch_tokens {c.micro_batch_tokens}{', as before the memory work' if env else ''}) ...")
-        if cuda:
-            torch.cuda.empty_cache()
-            torch.cuda.reset_peak_memory_stats()
-        with _env(env):
-            runs[name] = time_annot_train(make_model(), tokenizer, examples, c, work / f"{label}-{name}", peak)
-        if cuda:
-            memory["cuda_max_allocated_mib"][f"{label}_{name}_train"] = torch.cuda.max_memory_allocated() / 2 ** 20
-        memory["peak_rss_mib_after"][f"{label}_{name}_train"] = rss_mib(resource.RUSAGE_SELF)
-        engine_peak[f"{label}_{name}"] = window_peak_rss_mib() if windowed else None
-        runs[name][0]["peak_rss_mib"] = engine_peak[f"{label}_{name}"]
+    runs: dict[str, list] = {}
+    engines = annot_engines(cfg)
+    for rnd in range(repeats):
+        for name, c, env in (engines if rnd % 2 == 0 else engines[::-1]):
+            gc.collect()
+            windowed = reset_peak_rss()
+            echo(f"{label}: training {c.max_steps} steps with annot's driver "
+                 f"(micro_batch_tokens {c.micro_batch_tokens}{', as before the memory work' if env else ''})"
+                 + (f", round {rnd + 1} of {repeats}" if repeats > 1 else "") + " ...")
+            if cuda:
+                torch.cuda.empty_cache()
+                torch.cuda.reset_peak_memory_stats()
+            folder = work / (f"{label}-{name}" + (f"-r{rnd + 1}" if rnd else ""))  # round 1's checkpoints get probed
+            with _env(env):
+                res, flops = time_annot_train(make_model(), tokenizer, examples, c, folder, peak)
+            if cuda:
+                memory["cuda_max_allocated_mib"][f"{label}_{name}_train"] = torch.cuda.max_memory_allocated() / 2 ** 20
+            memory["peak_rss_mib_after"][f"{label}_{name}_train"] = rss_mib(resource.RUSAGE_SELF)
+            res["peak_rss_mib"] = window_peak_rss_mib() if windowed else None
+            runs.setdefault(name, []).append((res, flops))
+    rounds = {name: [r for r, _ in rs] for name, rs in runs.items()}
+    runs = {name: (_median_run(rs), runs[name][0][1]) for name, rs in rounds.items()}
+    for name, (res, _) in runs.items():
+        engine_peak[f"{label}_{name}"] = res["peak_rss_mib"]
     annot_res, flops = runs["annot"]
     gc.collect()
     windowed = reset_peak_rss()
@@ -235,6 +258,9 @@ def train_pair(make_model: Callable, tokenizer, examples, cfg, work: Path, peak:
             "micro_batch_tokens": cfg.micro_batch_tokens,
             "vs_before": {"tokens_per_s": annot_res["tokens_per_s"] / before["tokens_per_s"],
                           "tokens_per_s_normalised": annot_res["tokens_per_s_normalised"]
-                          / before["tokens_per_s_normalised"]},
+                          / before["tokens_per_s_normalised"],
+                          "per_round": [a["tokens_per_s"] / b["tokens_per_s"]
+                                        for a, b in zip(rounds["annot"], rounds["annot_before"])]},
+            "repeats": repeats,
             "speed_ratio": annot_res["tokens_per_s_normalised"] / trainer_res["tokens_per_s_normalised"],
             "speed_ratio_raw": annot_res["tokens_per_s"] / trainer_res["tokens_per_s"]}
