@@ -136,6 +136,9 @@ def test_bench_rejects_too_few_steps(tmp_path):
     with pytest.raises(AnnotError, match="steps"):
         run_bench(model="tiny-random", steps=1, lm_eval=False, out=tmp_path / "b.json", echo=lambda s: None)
     assert not (tmp_path / "b.json").exists()
+    with pytest.raises(AnnotError, match="repeats"):
+        run_bench(model="tiny-random", repeats=0, lm_eval=False, out=tmp_path / "b.json", echo=lambda s: None)
+    assert not (tmp_path / "b.json").exists()
 
 
 def test_step_clock_keeps_saves_and_samples_out_of_steps(monkeypatch):
