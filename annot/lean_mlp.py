@@ -71,6 +71,17 @@ class _SwiGLUDown(torch.autograd.Function):
         return g_gate, g_up, g_w, g_b, g_a, g_bb, None
 
 
+def single_lora(module) -> str | None:
+    """The adapter name of a peft LoRA layer that computes plain W x + s B A x: one active adapter,
+    not merged or disabled, no DoRA, no bias on B; None otherwise (peft's own forward then)."""
+    if module.disable_adapters or module.merged or len(module.active_adapters) != 1:
+        return None
+    name = module.active_adapters[0]
+    if name not in module.lora_A or getattr(module, "use_dora", {}).get(name) or module.lora_B[name].bias is not None:
+        return None
+    return name
+
+
 def _down_parts(down):
     """(weight, bias, lora_A weight, lora_B weight, scaling) of a down projection, or None when the
     lean path does not apply to it."""
@@ -82,16 +93,14 @@ def _down_parts(down):
         return None
     if type(down) is not LoraLinear or type(down.base_layer) is not torch.nn.Linear:
         return None
-    if down.disable_adapters or down.merged or len(down.active_adapters) != 1:
-        return None
-    name = down.active_adapters[0]
-    if name not in down.lora_A or getattr(down, "use_dora", {}).get(name):
+    name = single_lora(down)
+    if name is None:
         return None
     drop = down.lora_dropout[name]
     if not isinstance(drop, torch.nn.Identity) and not (isinstance(drop, torch.nn.Dropout) and drop.p == 0):
         return None
     a, b = down.lora_A[name], down.lora_B[name]
-    if b.bias is not None or a.bias is not None:
+    if a.bias is not None:
         return None
     base = down.base_layer
     return base.weight, base.bias, a.weight, b.weight, float(down.scaling[name])

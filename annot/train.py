@@ -34,7 +34,7 @@ from annot.config import TrainingConfig
 from annot.distributed import UNSUPPORTED_DISTRIBUTED, Launch, launch_state, start_launch
 from annot.errors import RunFailed
 from annot.fused_ce import FusedHead, fused_head
-from annot.lean_mlp import lean_mlps
+from annot.lean_mlp import lean_mlps, single_lora
 from annot.loss_mask import (Packed, Tokenized, chat_spans, pack, render_chat, token_weights, tokenize_cached,
                              tokenize_documents, tokenize_examples, tokenize_transcripts)
 
@@ -94,10 +94,8 @@ def _fused_lora_forward(self, x, *args, **kwargs):
     """W x + s * B A x as one addmm: the LoRA scaling and the sum with the frozen layer's output
     ride on the matmul instead of two extra passes over [tokens, out] (and two more in backward).
     Falls back to peft's forward whenever its extra features are in play."""
-    if args or kwargs or self.disable_adapters or self.merged or len(self.active_adapters) != 1:
-        return type(self).forward(self, x, *args, **kwargs)
-    name = self.active_adapters[0]
-    if name not in self.lora_A or getattr(self, "use_dora", {}).get(name) or self.lora_B[name].bias is not None:
+    name = None if args or kwargs else single_lora(self)
+    if name is None:
         return type(self).forward(self, x, *args, **kwargs)
     A, B = self.lora_A[name].weight, self.lora_B[name].weight
     if self.base_layer.weight.dtype != A.dtype or x.dtype != A.dtype:  # bf16 base, fp32 adapters: peft casts

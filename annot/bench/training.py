@@ -233,11 +233,12 @@ def train_pair(make_model: Callable, tokenizer, examples, cfg, work: Path, peak:
             memory["peak_rss_mib_after"][f"{label}_{name}_train"] = rss_mib(resource.RUSAGE_SELF)
             res["peak_rss_mib"] = window_peak_rss_mib() if windowed else None
             runs.setdefault(name, []).append((res, flops))
+    flops = runs["annot"][0][1]  # the model's FLOPs per token: the same in every round
     rounds = {name: [r for r, _ in rs] for name, rs in runs.items()}
-    runs = {name: (_median_run(rs), runs[name][0][1]) for name, rs in rounds.items()}
-    for name, (res, _) in runs.items():
+    out = {name: _median_run(rs) for name, rs in rounds.items()}
+    for name, res in out.items():
         engine_peak[f"{label}_{name}"] = res["peak_rss_mib"]
-    annot_res, flops = runs["annot"]
+    annot_res = out["annot"]
     gc.collect()
     windowed = reset_peak_rss()
     echo(f"{label}: training {cfg.max_steps} steps with transformers.Trainer ...")
@@ -252,7 +253,6 @@ def train_pair(make_model: Callable, tokenizer, examples, cfg, work: Path, peak:
     trainer_res["peak_rss_mib"] = engine_peak[f"{label}_trainer"]
     gc.collect()
     memory["peak_rss_mib_after"][f"{label}_trainer_train"] = rss_mib(resource.RUSAGE_SELF)
-    out = {name: res for name, (res, _) in runs.items()}
     before = out["annot_before"]
     return {**out, "trainer": trainer_res, "flops_per_token": flops,
             "micro_batch_tokens": cfg.micro_batch_tokens,
