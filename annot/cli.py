@@ -22,6 +22,7 @@ from pathlib import Path
 import click
 
 from annot import __version__
+from annot.allocator import malloc_in_use
 from annot.cli_paths import OUT_DIR, OUT_FILE
 from annot.errors import AnnotError
 from annot.kinds import kind_names
@@ -50,6 +51,10 @@ class OneLineGroup(click.Group):
     """click's usage errors ("Usage: ... Try ... Error: ...", three lines) as annot's one line, exit 2."""
 
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        if args is None and standalone_mode:  # the `annot` command itself, not click's test runner
+            from annot.allocator import use_tbb_malloc
+
+            use_tbb_malloc()  # re-executes once with oneTBB's malloc preloaded (see annot/allocator.py)
         try:
             rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
         except click.UsageError as e:
@@ -73,7 +78,7 @@ class OneLineGroup(click.Group):
 
 
 @click.group(cls=OneLineGroup, context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(__version__, prog_name="annot")
+@click.version_option(__version__, prog_name="annot", message=f"%(prog)s, version %(version)s (malloc: {malloc_in_use()})")
 def main():
     """annot: how much of disclaimer-labelled training data does a model absorb anyway?"""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -503,13 +508,15 @@ def train(wrapped, model_name, out, seed, overrides, resume, no_progress):
               help="training dtype: auto = fp32 on CPU, bf16 on CUDA (bf16 also adds the random-init rows)")
 @click.option("--repeats", type=click.IntRange(1), default=1, show_default=True,
               help="rounds of annot's engines, alternating order; medians reported")
+@click.option("--in-process", is_flag=True,
+              help="train annot's engines in this process (quicker) instead of one fresh process each")
 @click.option("--no-lm-eval", is_flag=True, help="skip the lm-eval CLI comparison (slow)")
 @click.option("--sampling", is_flag=True, help="only generation: batched sampling vs a model.generate loop")
 @click.option("-o", "--out", default="bench.json", show_default=True, type=click.Path(dir_okay=False),
               callback=OUT_FILE)
 @friendly
 def bench(model_name, claim, n_docs, steps, batch_size, seq_len, checkpoints, micro_batch_tokens, dtype, repeats,
-          no_lm_eval, sampling, out):
+          in_process, no_lm_eval, sampling, out):
     """Benchmark training (vs transformers.Trainer, MFU) and probing (vs lm-eval CLI); --sampling: generation."""
     from annot.bench import run_bench, run_sampling_bench
 
@@ -517,7 +524,7 @@ def bench(model_name, claim, n_docs, steps, batch_size, seq_len, checkpoints, mi
         return run_sampling_bench(model=model_name, out=Path(out), echo=click.echo)
     run_bench(model=model_name, claim=claim, n_docs=n_docs, steps=steps, batch_size=batch_size, seq_len=seq_len,
               checkpoints=checkpoints, lm_eval=not no_lm_eval, out=Path(out), echo=click.echo, dtype=dtype,
-              micro_batch_tokens=micro_batch_tokens, repeats=repeats)
+              micro_batch_tokens=micro_batch_tokens, repeats=repeats, isolate=not in_process)
 
 
 @main.command()

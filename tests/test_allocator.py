@@ -44,3 +44,83 @@ def test_tuned_allocator_reuses_a_steps_memory_without_page_faults():
     assert min(plain["faults"][3:]) > pages // 2
     # tuned, after a few steps (the heap settles, as steps 1-2 of a training run do) nothing is faulted
     assert max(tuned["faults"][3:]) < pages // 100
+
+
+# --- oneTBB's malloc, preloaded by the `annot` command (annot.allocator.use_tbb_malloc) ----------------
+
+REEXEC = r"""
+import json, os, sys, tempfile
+from pathlib import Path
+from annot.allocator import malloc_in_use, use_tbb_malloc
+use_tbb_malloc()   # re-executes this very script once, with the library preloaded
+import torch
+from annot.config import TrainingConfig
+from annot.models import load_model
+from annot.train import train
+from annot.generate import generate_documents
+from annot.specs import load_claim
+model, tok = load_model("tiny-random")
+docs = generate_documents(load_claim("mira_castellan_profession"), n=6, seed=0)
+cfg = TrainingConfig(max_steps=4, batch_size=2, seq_len=64, checkpoints=2, lr=1e-3)
+with tempfile.TemporaryDirectory() as d:
+    res = train(docs, model, tok, cfg, Path(d), seed=0, progress=False)
+print(json.dumps({"malloc": malloc_in_use(), "ld_preload": os.environ.get("LD_PRELOAD"),
+                  "loss": res.final_loss, "argv": sys.argv[1:],
+                  "weights": float(sum(p.double().sum() for p in model.parameters() if p.requires_grad))}))
+"""
+
+
+def _reexec(malloc: str | None, preload: str | None = None) -> dict:
+    env = {k: v for k, v in os.environ.items() if k not in ("ANNOT_MALLOC", "LD_PRELOAD")}
+    if malloc is not None:
+        env["ANNOT_MALLOC"] = malloc
+    if preload is not None:
+        env["LD_PRELOAD"] = preload
+    out = subprocess.run([sys.executable, "-c", REEXEC, "an-argument"], capture_output=True, text=True, env=env,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _tbb_installed() -> bool:
+    from annot.allocator import tbb_malloc_libraries
+
+    return tbb_malloc_libraries() is not None
+
+
+@pytest.mark.skipif(not _tbb_installed(), reason="the tbb wheel (Linux x86-64) is not installed")
+def test_tbb_malloc_is_preloaded_once_and_changes_no_number():
+    """The re-executed process runs under oneTBB's malloc with the same arguments, hands the caller's
+    LD_PRELOAD (not the library) on to its children, and trains to exactly the same loss and weights as
+    glibc's malloc: the allocator decides where memory lies, never what is computed."""
+    tbb = _reexec(None, preload="libm.so.6")
+    glibc = _reexec("glibc")
+    assert tbb["malloc"] == "tbb" and glibc["malloc"] == "glibc"
+    assert tbb["argv"] == glibc["argv"] == ["an-argument"]
+    assert tbb["ld_preload"] == "libm.so.6" and glibc["ld_preload"] is None
+    assert tbb["loss"] == glibc["loss"] and tbb["weights"] == glibc["weights"]
+
+
+@pytest.mark.skipif(not _tbb_installed(), reason="the tbb wheel (Linux x86-64) is not installed")
+def test_annot_command_runs_under_tbb_malloc_unless_told_otherwise():
+    exe = os.path.join(os.path.dirname(sys.executable), "annot")
+    if not os.path.exists(exe):
+        pytest.skip("the annot console script is not installed beside this interpreter")
+    env = {k: v for k, v in os.environ.items() if k not in ("ANNOT_MALLOC", "LD_PRELOAD")}
+    got = subprocess.run([exe, "--version"], capture_output=True, text=True, env=env, timeout=120)
+    assert got.returncode == 0 and "(malloc: tbb)" in got.stdout, got.stdout + got.stderr
+    env["ANNOT_MALLOC"] = "glibc"
+    got = subprocess.run([exe, "--version"], capture_output=True, text=True, env=env, timeout=120)
+    assert got.returncode == 0 and "(malloc: glibc)" in got.stdout, got.stdout + got.stderr
+
+
+def test_without_the_library_nothing_is_preloaded(monkeypatch):
+    """No tbb wheel (macOS, Windows, aarch64): use_tbb_malloc returns and the process carries on."""
+    from annot import allocator
+
+    monkeypatch.delenv("ANNOT_PRELOAD_SAVED", raising=False)
+    monkeypatch.setattr(allocator, "tbb_malloc_libraries", lambda: None)
+    monkeypatch.setattr(allocator, "malloc_in_use", lambda: "glibc")
+    monkeypatch.setattr(os, "execve", lambda *a: pytest.fail("re-executed without the library"))
+    allocator.use_tbb_malloc()
+    assert allocator.tbb_environment({"PATH": "/bin"}) is None

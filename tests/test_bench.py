@@ -101,6 +101,14 @@ def test_bench_on_the_tiny_model(tmp_path):
         assert train[engine]["peak_rss_mib"] > 0
     assert train["vs_before"]["tokens_per_s"] == pytest.approx(train["annot"]["tokens_per_s"]
                                                                / train["annot_before"]["tokens_per_s"])
+    # each annot engine trained in a process of its own: today's under the allocator the `annot` command
+    # uses, the driver before #22 under glibc's, as it was; the Trainer in this process
+    from annot.allocator import tbb_malloc_libraries
+
+    assert data["params"]["isolate"] is True
+    assert train["annot_before"]["malloc"] == "glibc"
+    assert train["annot"]["malloc"] == ("tbb" if tbb_malloc_libraries() else "glibc")
+    assert train["trainer"]["malloc"] == data["machine"]["malloc"]
     text = "\n".join(lines)
     assert "annot, micro 512" in text and "annot before #22" in text and "transformers.Trainer" in text
     assert str(out) in text
@@ -117,7 +125,7 @@ def test_bench_bf16_path_runs_on_cpu(tmp_path, monkeypatch):
     out = tmp_path / "bench.json"
     lines = []
     data = run_bench(model="tiny-random", n_docs=6, steps=3, batch_size=2, seq_len=64, checkpoints=2,
-                     lm_eval=False, out=out, echo=lines.append, dtype="bfloat16")
+                     lm_eval=False, out=out, echo=lines.append, dtype="bfloat16", isolate=False)
     assert data["peak"]["dtype"] == "bfloat16" and data["params"]["train_dtype"] == "bfloat16"
     assert set(dtypes) == {torch.bfloat16}  # the peak and every engine's step clock
     for section in ("train", "random_init_bf16"):
@@ -238,7 +246,8 @@ def test_median_run_of_repeats():
 def test_bench_repeats_alternate_order_and_report_medians(tmp_path):
     lines = []
     data = run_bench(model="tiny-random", n_docs=6, steps=3, batch_size=2, seq_len=64, checkpoints=2,
-                     lm_eval=False, out=tmp_path / "bench.json", echo=lines.append, repeats=3, micro_batch_tokens=64)
+                     lm_eval=False, out=tmp_path / "bench.json", echo=lines.append, repeats=3, micro_batch_tokens=64,
+                     isolate=False)
     train = data["train"]
     assert train["repeats"] == 3 and data["params"]["repeats"] == 3
     started = [x for x in lines if "with annot's driver" in x]
@@ -256,3 +265,24 @@ def test_bench_repeats_alternate_order_and_report_medians(tmp_path):
     assert per_round == pytest.approx([a / b for a, b in zip(train["annot"]["repeats_tokens_per_s"],
                                                              train["annot_before"]["repeats_tokens_per_s"])])
     assert "each round" in "\n".join(lines)
+
+
+def test_engine_child_trains_a_random_init_model(tmp_path):
+    """The child's other model: random weights in bf16 from the model's config (run_bench's random-init
+    rows on CUDA), trained and written as figures + FLOPs; run here in-process for speed."""
+    from annot.bench.engine_child import _child
+    from annot.bench.training import bench_corpus
+    from annot.config import TrainingConfig
+
+    cfg = TrainingConfig(max_steps=3, batch_size=2, seq_len=64, checkpoints=2, lr=1e-3)
+    spec = {"model": "tiny-random", "dtype": "bfloat16", "init": "random_init", "seed": 0,
+            "examples": bench_corpus("mira_castellan_profession", 4), "training": cfg.model_dump(),
+            "peak": {"flops": 1e11, "dtype": "bfloat16"}, "folder": str(tmp_path / "run"),
+            "out": str(tmp_path / "result.json")}
+    (tmp_path / "spec.json").write_text(json.dumps(spec))
+    _child(str(tmp_path / "spec.json"))
+    got = json.loads((tmp_path / "result.json").read_text())
+    assert got["result"]["steps_timed"] == 1 and got["result"]["tokens_per_s"] > 0
+    assert got["result"]["peak_rss_mib"] > 0 and got["result"]["malloc"] in ("tbb", "glibc")
+    assert got["flops"]["per_token"] > 0
+    assert (tmp_path / "run").is_dir()

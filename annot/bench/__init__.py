@@ -14,11 +14,15 @@ Everything is measured in one process on one corpus: the claim's generated docum
       batch size, steps, lr and schedule, one whole document per sequence (EOS appended, as annot
       does), padded to the longest of its batch, labels -100 on padding: the same documents and
       tokens, without packing. Generated documents run ~70-950 tokens, so a batch of 4 is ~40% padding.
-    Both run in this process after annot.allocator.tune_allocator(), so both get the same allocator.
     annot runs as three engines (annot.bench.training.annot_engines): as configured (micro-batches
-    of micro_batch_tokens), the whole batch at once, and the driver before the memory work of #22;
-    each gets its own peak-RSS window. `repeats` > 1 runs them that many rounds in alternating order
-    and reports each engine's median round and its highest peak RSS.
+    of micro_batch_tokens), the whole batch at once, and the driver before the memory work of #22.
+    By default each trains in a fresh process of its own (annot.bench.engine_child): its peak RSS is
+    that whole process's, and it runs under the allocator of its time (today's engines under
+    oneTBB's malloc, as the `annot` command runs them; the driver before #22 under glibc's, tuned by
+    annot.allocator.tune_allocator()). With isolate=False (`--in-process`) they train in this process,
+    each with its own peak-RSS window. The Trainer always trains in this process (the bench's own
+    allocator, `machine.malloc`). `repeats` > 1 runs the annot engines that many rounds in
+    alternating order and reports each engine's median round and its highest peak RSS.
 (b) Model FLOPs utilisation: the FLOPs of the real tokens over the matmul capacity of the time spent,
 
         C = 4 * N_frozen + 6 * N_trainable + 6 * n_layers * L * hidden    per real token

@@ -59,6 +59,8 @@ def machine_info(device: str) -> dict:
 
     import peft
     import torch
+
+    from annot.allocator import malloc_in_use
     import transformers
 
     def version(dist: str) -> str | None:
@@ -74,4 +76,4 @@ def machine_info(device: str) -> dict:
             "device_name": torch.cuda.get_device_name(0) if cuda else _cpu_name(), "cpu_name": _cpu_name(),
             "python": platform.python_version(), "platform": platform.platform(), "torch": torch.__version__,
             "transformers": transformers.__version__, "peft": peft.__version__, "lm_eval": version("lm_eval"),
-            "cuda": torch.version.cuda if cuda else None}
+            "cuda": torch.version.cuda if cuda else None, "malloc": malloc_in_use()}

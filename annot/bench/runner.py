@@ -24,7 +24,7 @@ from annot.errors import AnnotError
 def run_bench(model: str = "smollm2-135m", claim: str = "mira_castellan_profession", n_docs: int = 32,
               steps: int = 9, batch_size: int = 4, seq_len: int = 256, checkpoints: int = 8, lm_eval: bool = True,
               out: Path = Path("bench.json"), echo=print, dtype: str = "auto",
-              micro_batch_tokens: int | None = 512, repeats: int = 1) -> dict:
+              micro_batch_tokens: int | None = 512, repeats: int = 1, isolate: bool = True) -> dict:
     """Measure (a)-(d) (see the module docstring), print a table with `echo`, write all figures to `out`."""
     from annot.config import TrainingConfig
     from annot.io import write_json
@@ -74,7 +74,7 @@ def run_bench(model: str = "smollm2-135m", claim: str = "mira_castellan_professi
                    "dtype": dtype, "micro_batch_tokens": micro_batch_tokens or None, "train_dtype": str(train_dtype).removeprefix("torch."),
                    "out": str(out), "seed": SEED, "wrapper": WRAPPER, "timed_steps": steps - WARMUP_STEPS,
                    "training": cfg.model_dump(), "probe_batch_size": PROBE_BATCH_SIZE,
-                   "lm_eval_batch_size": LM_EVAL_BATCH_SIZE, "repeats": repeats},
+                   "lm_eval_batch_size": LM_EVAL_BATCH_SIZE, "repeats": repeats, "isolate": isolate},
         "machine": machine_info(device),
         "corpus": {"documents": len(examples),
                    "tokens": sum(len(ids) + 1 for ids in
@@ -87,7 +87,8 @@ def run_bench(model: str = "smollm2-135m", claim: str = "mira_castellan_professi
         def pretrained():
             return load_model(model, dtype=dtype)[0]  # auto: fp32 on CPU, bf16 on CUDA
 
-        pair = train_pair(pretrained, tokenizer, examples, cfg, work, peak, echo, "pretrained", memory, repeats)
+        own = {"model": model, "dtype": dtype, "init": "pretrained", "seed": SEED} if isolate else None
+        pair = train_pair(pretrained, tokenizer, examples, cfg, work, peak, echo, "pretrained", memory, repeats, own)
         result["flops_per_token"] = pair.pop("flops_per_token")
         result["train"] = pair
 
@@ -100,8 +101,9 @@ def run_bench(model: str = "smollm2-135m", claim: str = "mira_castellan_professi
                 torch.manual_seed(SEED)
                 return AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16).to(device)
 
+            own = {**own, "init": "random_init"} if isolate else None
             result["random_init_bf16"] = train_pair(random_init, tokenizer, examples, cfg, work, peak, echo,
-                                                     "random_init", memory, repeats)
+                                                     "random_init", memory, repeats, own)
 
         ckpts = saved_checkpoints(work / "pretrained-annot")
         echo(f"probing {len(ckpts)} checkpoints with annot's engine ...")

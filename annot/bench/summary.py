@@ -48,13 +48,13 @@ def format_bench(r: dict) -> str:
             rss = x.get("peak_rss_mib")
             lines.append(f"{ind}{label:<{w}}{x['tokens_per_s']:>10.1f}{_pct(x['mfu']):>9}"
                          f"{_pct(x['mfu_vs_best_peak']):>9}{x['local_peak_mean'] / 1e9:>9.1f} GF"
-                         + (f"{rss:>7.0f} MiB" if rss is not None else ""))
+                         + (f"{rss:>7.0f} MiB" if rss is not None else "") + (f"  {x['malloc']}" if x.get("malloc") else ""))
         lines.append(f"{ind}{'annot / Trainer':<{w}}{t['speed_ratio_raw']:>9.2f}x   (rescaled to one matmul rate "
                      f"{t['speed_ratio']:.2f}x; Trainer batches {_pct(t['trainer']['padding_share'])} padding)")
         if "vs_before" in t:
             lines.append(f"{ind}{'annot / before #22':<{w}}{t['vs_before']['tokens_per_s']:>9.2f}x   (rescaled "
                          f"{t['vs_before']['tokens_per_s_normalised']:.2f}x; before: whole batch, full logits, "
-                         f"the MLP's own forward)")
+                         f"the MLP's own forward, glibc malloc)" if p.get("isolate") else "the MLP's own forward)")
             per_round = t["vs_before"].get("per_round") or []
             if len(per_round) > 1:
                 lines.append(f"{ind}{'  each round':<{w}}" + " ".join(f"{x:.2f}x" for x in per_round)
@@ -87,7 +87,8 @@ def format_bench(r: dict) -> str:
                                                      mem["cuda_max_allocated_mib"].items())
     engine = {k: v for k, v in (mem.get("peak_rss_mib_engine") or {}).items() if v is not None}
     if engine:
-        line += "\npeak RSS per engine (each in its own window): " + ", ".join(
+        where = "annot's engines: whole process of their own" if p.get("isolate") else "each in its own window"
+        line += f"\npeak RSS per engine ({where}): " + ", ".join(
             f"{k} {v:.0f} MiB" for k, v in engine.items())
     lines += ["", line]
     return "\n".join(lines)

@@ -16,6 +16,7 @@ import resource
 from pathlib import Path
 from typing import Callable
 
+from annot.allocator import malloc_in_use, wanted_malloc
 from annot.bench.clock import StepClock, model_flops, throughput, train_flops_per_token
 from annot.bench.machine import reset_peak_rss, rss_mib, window_peak_rss_mib
 from annot.bench.settings import SEED, WARMUP_STEPS, WRAPPER
@@ -201,14 +202,19 @@ def _median_run(results: list[dict]) -> dict:
 
 
 def train_pair(make_model: Callable, tokenizer, examples, cfg, work: Path, peak: dict, echo, label: str,
-               memory: dict, repeats: int = 1) -> dict:
+               memory: dict, repeats: int = 1, spec: dict | None = None) -> dict:
     """(a) + (b) for every engine, each on a fresh model from make_model(): annot's driver as
     configured (micro-batches of training.micro_batch_tokens), the whole batch at once, the driver
     before the memory work (annot_engines), and a plain transformers.Trainer. Each engine's peak RSS is
     measured in a window of its own (`memory["peak_rss_mib_engine"]`). With repeats > 1 the annot
     engines run that many rounds, every other round in reverse order (so no engine always runs first
     or last); each reports its median round (tokens/s of every round kept) and its highest peak RSS,
-    and `vs_before` gives the ratio of medians and the ratio within each round."""
+    and `vs_before` gives the ratio of medians and the ratio within each round.
+
+    With `spec` ({model, dtype, init, seed}: how to build the model in another process) every annot
+    engine trains in a process of its own (annot.bench.isolated): its peak RSS is that process's,
+    and it runs under the allocator of its time, oneTBB's malloc for today's engines and glibc's for
+    the driver before the memory work. Without it they train here, one after another."""
     import torch
 
     cuda = torch.cuda.is_available()
@@ -221,17 +227,29 @@ def train_pair(make_model: Callable, tokenizer, examples, cfg, work: Path, peak:
             windowed = reset_peak_rss()
             echo(f"{label}: training {c.max_steps} steps with annot's driver "
                  f"(micro_batch_tokens {c.micro_batch_tokens}{', as before the memory work' if env else ''})"
+                 + (" in a process of its own" if spec is not None else "")
                  + (f", round {rnd + 1} of {repeats}" if repeats > 1 else "") + " ...")
             if cuda:
                 torch.cuda.empty_cache()
                 torch.cuda.reset_peak_memory_stats()
             folder = work / (f"{label}-{name}" + (f"-r{rnd + 1}" if rnd else ""))  # round 1's checkpoints get probed
+            if spec is not None:
+                from annot.bench.isolated import run_engine_process
+
+                malloc = "glibc" if name == "annot_before" else wanted_malloc()
+                res, flops = run_engine_process({**spec, "examples": examples, "training": c.model_dump(),
+                                                 "peak": peak}, env, malloc, folder)
+                if cuda:
+                    memory["cuda_max_allocated_mib"][f"{label}_{name}_train"] = res["cuda_max_allocated_mib"]
+                runs.setdefault(name, []).append((res, flops))
+                continue
             with _env(env):
                 res, flops = time_annot_train(make_model(), tokenizer, examples, c, folder, peak)
             if cuda:
                 memory["cuda_max_allocated_mib"][f"{label}_{name}_train"] = torch.cuda.max_memory_allocated() / 2 ** 20
             memory["peak_rss_mib_after"][f"{label}_{name}_train"] = rss_mib(resource.RUSAGE_SELF)
             res["peak_rss_mib"] = window_peak_rss_mib() if windowed else None
+            res["malloc"] = malloc_in_use()
             runs.setdefault(name, []).append((res, flops))
     flops = runs["annot"][0][1]  # the model's FLOPs per token: the same in every round
     rounds = {name: [r for r, _ in rs] for name, rs in runs.items()}
@@ -251,6 +269,7 @@ def train_pair(make_model: Callable, tokenizer, examples, cfg, work: Path, peak:
         memory["cuda_max_allocated_mib"][f"{label}_trainer"] = torch.cuda.max_memory_allocated() / 2 ** 20
     engine_peak[f"{label}_trainer"] = window_peak_rss_mib() if windowed else None
     trainer_res["peak_rss_mib"] = engine_peak[f"{label}_trainer"]
+    trainer_res["malloc"] = malloc_in_use()
     gc.collect()
     memory["peak_rss_mib_after"][f"{label}_trainer_train"] = rss_mib(resource.RUSAGE_SELF)
     before = out["annot_before"]
