@@ -89,9 +89,13 @@ def malloc_in_use() -> str:
 
 
 def wanted_malloc() -> str:
-    """The allocator the user asked for with ANNOT_MALLOC: "tbb" (default) or "glibc"."""
-    return "glibc" if os.environ.get("ANNOT_MALLOC", "tbb").strip().lower() in ("glibc", "libc", "system", "0") \
-        else "tbb"
+    """The allocator the user asked for with ANNOT_MALLOC: "tbb" (default, also when empty) or "glibc";
+    anything else is a ValueError whose text is the one-line fix."""
+    value = os.environ.get("ANNOT_MALLOC", "").strip().lower() or "tbb"
+    if value not in ("tbb", "glibc"):
+        raise ValueError(f"environment variable ANNOT_MALLOC: {value!r} is not an allocator annot knows; "
+                         f"use tbb (the default) or glibc, or unset it")
+    return value
 
 
 def tbb_environment(env: dict) -> dict | None:
@@ -105,17 +109,25 @@ def tbb_environment(env: dict) -> dict | None:
     return out
 
 
+def restore_preload() -> bool:
+    """In a process started with tbb_environment(): put the caller's LD_PRELOAD back (for children) and
+    return True; elsewhere do nothing and return False."""
+    if _PRELOAD_SAVED not in os.environ:
+        return False
+    saved = os.environ.pop(_PRELOAD_SAVED)
+    if saved:
+        os.environ["LD_PRELOAD"] = saved
+    else:
+        os.environ.pop("LD_PRELOAD", None)
+    return True
+
+
 def use_tbb_malloc(argv: list[str] | None = None) -> None:
     """Run this command under oneTBB's malloc: re-execute the process once (same interpreter, same
     arguments) with the library preloaded. Returns without doing anything when ANNOT_MALLOC=glibc, when
     the library is not installed, or in the re-executed process itself, where it puts the caller's
     LD_PRELOAD back so that child processes (lm-eval, wandb, git) start with the user's environment."""
-    if _PRELOAD_SAVED in os.environ:  # the re-executed process: the library is loaded (or could not be)
-        saved = os.environ.pop(_PRELOAD_SAVED)
-        if saved:
-            os.environ["LD_PRELOAD"] = saved
-        else:
-            os.environ.pop("LD_PRELOAD", None)
+    if restore_preload():  # the re-executed process: the library is loaded (or could not be)
         return
     if wanted_malloc() != "tbb" or malloc_in_use() == "tbb":
         return

@@ -54,7 +54,11 @@ class OneLineGroup(click.Group):
         if args is None and standalone_mode:  # the `annot` command itself, not click's test runner
             from annot.allocator import use_tbb_malloc
 
-            use_tbb_malloc()  # re-executes once with oneTBB's malloc preloaded (see annot/allocator.py)
+            try:
+                use_tbb_malloc()  # re-executes once with oneTBB's malloc preloaded (see annot/allocator.py)
+            except ValueError as e:  # a misspelt ANNOT_MALLOC
+                click.echo(f"error: {e}", err=True)
+                sys.exit(2)
         try:
             rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
         except click.UsageError as e:

@@ -17,7 +17,9 @@ from pathlib import Path
 def _child(spec_file: str) -> None:
     spec = json.loads(Path(spec_file).read_text())
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    from annot.allocator import malloc_in_use, tune_allocator
+    from annot.allocator import malloc_in_use, restore_preload, tune_allocator
+
+    restore_preload()  # started preloaded by annot.bench.isolated: the caller's LD_PRELOAD for any children
 
     tune_allocator()  # as `annot train` does (under oneTBB's malloc its proxy answers mallopt with a stub)
     import torch
