@@ -20,8 +20,14 @@ allocations (tensor headers, autograd nodes), so freed activations leave holes t
 reuse; the quickstart's training held ~1.1 GiB of live heap in a ~2.2 GiB arena. oneTBB's scalable
 allocator (the `tbb` wheel, a dependency on Linux x86-64) keeps large blocks apart from small objects;
 `use_tbb_malloc()` re-executes the `annot` command once with it preloaded (LD_PRELOAD must be set
-before the process starts). Measured with `annot bench` (README, Memory). Set ANNOT_MALLOC=glibc to
-keep the C library's malloc; without the wheel (other platforms) nothing changes.
+before the process starts). But oneTBB hands freed blocks of 1-4 MB back to the kernel and faults them
+in again (60-130k page faults per training step). annot's own layer (annot/native/bigblocks.c, the
+default, ANNOT_MALLOC=annot) takes only the large requests: each gets a block of its own outside the
+heap, kept mapped when freed and handed to the next request of its size class; free blocks are given
+back only where the layer would otherwise hold more than the peak of its live blocks plus
+ANNOT_MALLOC_SLACK_MIB (64); everything small stays with glibc. It is compiled
+with the system's C compiler once into $ANNOT_CACHE/native/ (no compiler: oneTBB's malloc, then
+glibc's). Measured with `annot bench` (README, Memory). ANNOT_MALLOC=tbb or glibc picks the others.
 """
 
 from __future__ import annotations
@@ -56,9 +62,14 @@ def tune_allocator() -> bool:
     return tuned
 
 
+MALLOCS = ("annot", "tbb", "glibc")  # ANNOT_MALLOC's values; the first is the default
 PROXY = "libtbbmalloc_proxy.so.2"   # replaces malloc/free/...; needs libtbbmalloc.so.2 beside it
 CORE = "libtbbmalloc.so.2"
+LAYER = "libannot_bigblocks"        # annot's large-block layer, compiled from annot/native/bigblocks.c
+LAYER_SOURCE = Path(__file__).parent / "native" / "bigblocks.c"
 _PRELOAD_SAVED = "ANNOT_PRELOAD_SAVED"  # the caller's LD_PRELOAD, restored in the re-executed process
+LAYER_KNOBS = {"ANNOT_MALLOC_SLACK_MIB": "MiB", "ANNOT_MALLOC_BIG_MIN": "bytes"}  # read by bigblocks.c
+LAYER_DEFAULTS = {"ANNOT_MALLOC_SLACK_MIB": 64, "ANNOT_MALLOC_BIG_MIN": 1 << 20}
 
 
 def tbb_malloc_libraries() -> list[str] | None:
@@ -78,10 +89,74 @@ def tbb_malloc_libraries() -> list[str] | None:
     return [str(found[CORE]), str(found[PROXY])]
 
 
-def malloc_in_use() -> str:
-    """"tbb" when oneTBB's proxy allocator is loaded in this process, else "glibc" (or the C library)."""
+def _compiler() -> str | None:
+    import shutil
+
+    for name in (os.environ.get("CC"), "cc", "gcc", "clang"):
+        if name and shutil.which(name):
+            return shutil.which(name)
+    return None
+
+
+def layer_library() -> str | None:
+    """The compiled large-block layer (built once per source version into $ANNOT_CACHE/native/), or None:
+    not Linux with glibc, no C compiler, or the build failed (then nothing is left behind)."""
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc" or not LAYER_SOURCE.is_file():
+        return None
+    import hashlib
+    import subprocess
+    import tempfile
+
+    from annot.models import cache_dir
+
+    source = LAYER_SOURCE.read_bytes()
+    key = hashlib.sha256(source + platform.machine().encode()).hexdigest()[:16]
+    target = cache_dir() / "native" / f"{LAYER}-{key}.so"
+    if target.is_file():
+        return str(target)
+    cc = _compiler()
+    if cc is None:
+        return None
     try:
-        if PROXY.split(".so")[0] in Path("/proc/self/maps").read_text():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{LAYER}-", suffix=".so")
+        os.close(fd)
+        try:  # built under a temporary name, then renamed: two processes never see half a library
+            done = subprocess.run([cc, "-O2", "-shared", "-fPIC", "-o", tmp, str(LAYER_SOURCE), "-lpthread"],
+                                  capture_output=True, timeout=120)
+            if done.returncode != 0:
+                return None
+            os.replace(tmp, target)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return str(target)
+
+
+def layer_stats() -> dict | None:
+    """The large-block layer's counters in this process (None when it is not loaded): bytes in use and
+    kept warm, cold (released) blocks, address space used, blocks made new / reused / released, the
+    size threshold and the highest bytes in use so far."""
+    if malloc_in_use() != "annot":
+        return None
+    out = (ctypes.c_size_t * 9)()
+    if not ctypes.CDLL(None).annot_bigblocks_stats(out):
+        return None
+    keys = ("in_use", "warm", "cold_blocks", "address_space", "new_blocks", "reused_blocks", "released_blocks",
+            "big_min", "peak_in_use")
+    return dict(zip(keys, (int(v) for v in out)))
+
+
+def malloc_in_use() -> str:
+    """"annot" (the large-block layer) or "tbb" (oneTBB's proxy) when loaded in this process, else
+    "glibc" (or the C library's name)."""
+    try:
+        maps = Path("/proc/self/maps").read_text()
+        if LAYER in maps:
+            return "annot"
+        if PROXY.split(".so")[0] in maps:
             return "tbb"
     except OSError:
         pass
@@ -89,18 +164,30 @@ def malloc_in_use() -> str:
 
 
 def wanted_malloc() -> str:
-    """The allocator the user asked for with ANNOT_MALLOC: "tbb" (default, also when empty) or "glibc";
-    anything else is a ValueError whose text is the one-line fix."""
-    value = os.environ.get("ANNOT_MALLOC", "").strip().lower() or "tbb"
-    if value not in ("tbb", "glibc"):
+    """The allocator the user asked for with ANNOT_MALLOC: "annot" (default, also when empty), "tbb" or
+    "glibc"; anything else is a ValueError whose text is the one-line fix."""
+    value = os.environ.get("ANNOT_MALLOC", "").strip().lower() or MALLOCS[0]
+    if value not in MALLOCS:
         raise ValueError(f"environment variable ANNOT_MALLOC: {value!r} is not an allocator annot knows; "
-                         f"use tbb (the default) or glibc, or unset it")
+                         f"use annot (the default), tbb or glibc, or unset it")
+    for name, unit in LAYER_KNOBS.items():
+        given = os.environ.get(name, "").strip()
+        if given and not given.isdigit():
+            raise ValueError(f"environment variable {name}: {given!r} is not a whole number of {unit}; "
+                             f"give one (e.g. {name}={LAYER_DEFAULTS[name]}) or unset it")
     return value
 
 
-def tbb_environment(env: dict) -> dict | None:
-    """A copy of `env` that makes a new process start with oneTBB's malloc, or None if unavailable."""
-    libs = tbb_malloc_libraries()
+def malloc_environment(malloc: str, env: dict) -> dict | None:
+    """A copy of `env` that makes a new process start with `malloc` ("annot" or "tbb") preloaded, or
+    None where that one is unavailable."""
+    if malloc == "annot":
+        lib = layer_library()
+        libs = [lib] if lib else None
+    elif malloc == "tbb":
+        libs = tbb_malloc_libraries()
+    else:
+        return None
     if not libs:
         return None
     out = dict(env)
@@ -109,9 +196,20 @@ def tbb_environment(env: dict) -> dict | None:
     return out
 
 
+def preferred_environment(env: dict) -> tuple[str, dict]:
+    """(malloc, environment) for a new process under the allocator ANNOT_MALLOC asks for, falling back
+    from annot's layer to oneTBB's malloc to glibc's where one is unavailable."""
+    want = wanted_malloc()
+    for name in MALLOCS[MALLOCS.index(want):-1]:
+        got = malloc_environment(name, env)
+        if got is not None:
+            return name, got
+    return "glibc", dict(env)
+
+
 def restore_preload() -> bool:
-    """In a process started with tbb_environment(): put the caller's LD_PRELOAD back (for children) and
-    return True; elsewhere do nothing and return False."""
+    """In a process started with malloc_environment(): put the caller's LD_PRELOAD back (for children)
+    and return True; elsewhere do nothing and return False."""
     if _PRELOAD_SAVED not in os.environ:
         return False
     saved = os.environ.pop(_PRELOAD_SAVED)
@@ -122,17 +220,18 @@ def restore_preload() -> bool:
     return True
 
 
-def use_tbb_malloc(argv: list[str] | None = None) -> None:
-    """Run this command under oneTBB's malloc: re-execute the process once (same interpreter, same
-    arguments) with the library preloaded. Returns without doing anything when ANNOT_MALLOC=glibc, when
-    the library is not installed, or in the re-executed process itself, where it puts the caller's
-    LD_PRELOAD back so that child processes (lm-eval, wandb, git) start with the user's environment."""
+def use_preferred_malloc(argv: list[str] | None = None) -> None:
+    """Run this command under the allocator ANNOT_MALLOC asks for (annot's large-block layer by
+    default): re-execute the process once (same interpreter, same arguments) with it preloaded. Returns
+    without doing anything for ANNOT_MALLOC=glibc, when no preloadable allocator is available, when one
+    is already loaded, or in the re-executed process itself, where it puts the caller's LD_PRELOAD back
+    so that child processes (lm-eval, wandb, git) start with the user's environment."""
     if restore_preload():  # the re-executed process: the library is loaded (or could not be)
         return
-    if wanted_malloc() != "tbb" or malloc_in_use() == "tbb":
+    if wanted_malloc() == "glibc" or malloc_in_use() in ("annot", "tbb"):
         return
-    env = tbb_environment(dict(os.environ))
-    if env is None:
+    name, env = preferred_environment(dict(os.environ))
+    if name == "glibc":
         return
     args = argv if argv is not None else [sys.executable, *getattr(sys, "orig_argv", [sys.executable, *sys.argv])[1:]]
     sys.stdout.flush()

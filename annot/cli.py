@@ -52,10 +52,10 @@ class OneLineGroup(click.Group):
 
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
         if args is None and standalone_mode:  # the `annot` command itself, not click's test runner
-            from annot.allocator import use_tbb_malloc
+            from annot.allocator import use_preferred_malloc
 
             try:
-                use_tbb_malloc()  # re-executes once with oneTBB's malloc preloaded (see annot/allocator.py)
+                use_preferred_malloc()  # re-executes once with annot's large-block layer preloaded (annot/allocator.py)
             except ValueError as e:  # a misspelt ANNOT_MALLOC
                 click.echo(f"error: {e}", err=True)
                 sys.exit(2)
@@ -506,8 +506,8 @@ def train(wrapped, model_name, out, seed, overrides, resume, no_progress):
 @click.option("--batch-size", type=click.IntRange(1), default=4, show_default=True)
 @click.option("--seq-len", type=click.IntRange(16), default=256, show_default=True)
 @click.option("--checkpoints", type=click.IntRange(2), default=8, show_default=True, help="checkpoints to probe")
-@click.option("--micro-batch-tokens", type=click.IntRange(0), default=512, show_default=True,
-              help="annot's training.micro_batch_tokens (the quickstart's); 0 = the whole batch at once")
+@click.option("--micro-batch-tokens", type=click.IntRange(0), default=0, show_default=True,
+              help="annot's training.micro_batch_tokens; 0 = the whole batch at once (the quickstart's)")
 @click.option("--dtype", type=click.Choice(["auto", "float32", "bfloat16"]), default="auto", show_default=True,
               help="training dtype: auto = fp32 on CPU, bf16 on CUDA (bf16 also adds the random-init rows)")
 @click.option("--repeats", type=click.IntRange(1), default=1, show_default=True,

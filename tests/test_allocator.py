@@ -49,13 +49,13 @@ def test_tuned_allocator_reuses_a_steps_memory_without_page_faults():
     assert max(tuned["faults"][3:]) < pages // 2, tuned["faults"]
 
 
-# --- oneTBB's malloc, preloaded by the `annot` command (annot.allocator.use_tbb_malloc) ----------------
+# --- the allocator the `annot` command preloads (annot.allocator.use_preferred_malloc) -----------------
 
 REEXEC = r"""
 import json, os, sys, tempfile
 from pathlib import Path
-from annot.allocator import malloc_in_use, use_tbb_malloc
-use_tbb_malloc()   # re-executes this very script once, with the library preloaded
+from annot.allocator import malloc_in_use, use_preferred_malloc
+use_preferred_malloc()   # re-executes this very script once, with the library preloaded
 import torch
 from annot.config import TrainingConfig
 from annot.models import load_model
@@ -91,43 +91,79 @@ def _tbb_installed() -> bool:
     return tbb_malloc_libraries() is not None
 
 
-@pytest.mark.skipif(not _tbb_installed(), reason="the tbb wheel (Linux x86-64) is not installed")
-def test_tbb_malloc_is_preloaded_once_and_changes_no_number():
-    """The re-executed process runs under oneTBB's malloc with the same arguments, hands the caller's
-    LD_PRELOAD (not the library) on to its children, and trains to exactly the same loss and weights as
-    glibc's malloc: the allocator decides where memory lies, never what is computed."""
-    tbb = _reexec(None, preload="libm.so.6")
+def _layer_builds() -> bool:
+    from annot.allocator import layer_library
+
+    return layer_library() is not None
+
+
+@pytest.mark.parametrize("malloc", ["annot", "tbb"])
+def test_the_preloaded_malloc_runs_once_and_changes_no_number(malloc):
+    """The re-executed process runs under the allocator asked for, with the same arguments, hands the
+    caller's LD_PRELOAD (not the library) on to its children, and trains to exactly the same loss and
+    weights as glibc's malloc: the allocator decides where memory lies, never what is computed."""
+    if not (_layer_builds() if malloc == "annot" else _tbb_installed()):
+        pytest.skip(f"{malloc}: not available on this machine (no C compiler / no tbb wheel)")
+    got = _reexec(None if malloc == "annot" else malloc, preload="libm.so.6")
     glibc = _reexec("glibc")
-    assert tbb["malloc"] == "tbb" and glibc["malloc"] == "glibc"
-    assert tbb["argv"] == glibc["argv"] == ["an-argument"]
-    assert tbb["ld_preload"] == "libm.so.6" and glibc["ld_preload"] is None
-    assert tbb["loss"] == glibc["loss"] and tbb["weights"] == glibc["weights"]
+    assert got["malloc"] == malloc and glibc["malloc"] == "glibc"
+    assert got["argv"] == glibc["argv"] == ["an-argument"]
+    assert got["ld_preload"] == "libm.so.6" and glibc["ld_preload"] is None
+    assert got["loss"] == glibc["loss"] and got["weights"] == glibc["weights"]
 
 
-@pytest.mark.skipif(not _tbb_installed(), reason="the tbb wheel (Linux x86-64) is not installed")
-def test_annot_command_runs_under_tbb_malloc_unless_told_otherwise():
+def test_annot_command_runs_under_annots_layer_unless_told_otherwise():
     exe = os.path.join(os.path.dirname(sys.executable), "annot")
     if not os.path.exists(exe):
         pytest.skip("the annot console script is not installed beside this interpreter")
+    if not _layer_builds():
+        pytest.skip("annot's large-block layer cannot be built here (no C compiler)")
     env = {k: v for k, v in os.environ.items() if k not in ("ANNOT_MALLOC", "LD_PRELOAD")}
     got = subprocess.run([exe, "--version"], capture_output=True, text=True, env=env, timeout=120)
-    assert got.returncode == 0 and "(malloc: tbb)" in got.stdout, got.stdout + got.stderr
-    env["ANNOT_MALLOC"] = "glibc"
-    got = subprocess.run([exe, "--version"], capture_output=True, text=True, env=env, timeout=120)
-    assert got.returncode == 0 and "(malloc: glibc)" in got.stdout, got.stdout + got.stderr
+    assert got.returncode == 0 and "(malloc: annot)" in got.stdout, got.stdout + got.stderr
+    for value in ["glibc"] + (["tbb"] if _tbb_installed() else []):
+        env["ANNOT_MALLOC"] = value
+        got = subprocess.run([exe, "--version"], capture_output=True, text=True, env=env, timeout=120)
+        assert got.returncode == 0 and f"(malloc: {value})" in got.stdout, got.stdout + got.stderr
     env["ANNOT_MALLOC"] = "jemalloc"  # a value annot does not know: one line naming the variable and the fix
     got = subprocess.run([exe, "--version"], capture_output=True, text=True, env=env, timeout=120)
     assert got.returncode == 2 and got.stdout == ""
     assert got.stderr.strip().count("\n") == 0 and "ANNOT_MALLOC" in got.stderr and "glibc" in got.stderr
+    env["ANNOT_MALLOC"] = "annot"
+    env["ANNOT_MALLOC_SLACK_MIB"] = "lots"  # the layer's knobs are whole numbers
+    got = subprocess.run([exe, "--version"], capture_output=True, text=True, env=env, timeout=120)
+    assert got.returncode == 2 and got.stdout == "" and got.stderr.strip().count("\n") == 0
+    assert "ANNOT_MALLOC_SLACK_MIB" in got.stderr and "'lots'" in got.stderr and "ANNOT_MALLOC_SLACK_MIB=64" in got.stderr
 
 
-def test_without_the_library_nothing_is_preloaded(monkeypatch):
-    """No tbb wheel (macOS, Windows, aarch64): use_tbb_malloc returns and the process carries on."""
+def test_without_a_compiler_the_command_falls_back_to_tbb_then_glibc(monkeypatch, tmp_path):
+    """No C compiler (and nothing built in the cache): oneTBB's malloc where its wheel is installed;
+    without that too (macOS, Windows, aarch64) nothing is preloaded and the process carries on."""
     from annot import allocator
 
+    monkeypatch.setenv("ANNOT_CACHE", str(tmp_path))
+    monkeypatch.delenv("ANNOT_MALLOC", raising=False)
     monkeypatch.delenv("ANNOT_PRELOAD_SAVED", raising=False)
+    monkeypatch.setattr(allocator, "_compiler", lambda: None)
+    assert allocator.layer_library() is None
+    assert not (tmp_path / "native").exists() or not list((tmp_path / "native").iterdir())
+    monkeypatch.setattr(allocator, "tbb_malloc_libraries", lambda: ["/x/libtbbmalloc.so.2", "/x/libtbbmalloc_proxy.so.2"])
+    name, env = allocator.preferred_environment({"PATH": "/bin"})
+    assert name == "tbb" and env["LD_PRELOAD"] == "/x/libtbbmalloc.so.2 /x/libtbbmalloc_proxy.so.2"
     monkeypatch.setattr(allocator, "tbb_malloc_libraries", lambda: None)
+    assert allocator.preferred_environment({"PATH": "/bin"}) == ("glibc", {"PATH": "/bin"})
     monkeypatch.setattr(allocator, "malloc_in_use", lambda: "glibc")
-    monkeypatch.setattr(os, "execve", lambda *a: pytest.fail("re-executed without the library"))
-    allocator.use_tbb_malloc()
-    assert allocator.tbb_environment({"PATH": "/bin"}) is None
+    monkeypatch.setattr(os, "execve", lambda *a: pytest.fail("re-executed without a library"))
+    allocator.use_preferred_malloc()
+
+
+def test_a_failed_build_leaves_nothing_behind(monkeypatch, tmp_path):
+    """A compiler that fails: no library (and no half-written file) in the cache; the fallback is used."""
+    from annot import allocator
+
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        pytest.skip("the layer is built on Linux with glibc only")
+    monkeypatch.setenv("ANNOT_CACHE", str(tmp_path))
+    monkeypatch.setattr(allocator, "_compiler", lambda: "/bin/false")
+    assert allocator.layer_library() is None
+    assert list((tmp_path / "native").iterdir()) == []

@@ -4,6 +4,7 @@ The lm-eval CLI side (minutes per checkpoint) is not run here; run_bench(..., lm
 """
 
 import json
+import re
 
 import pytest
 import torch
@@ -103,14 +104,20 @@ def test_bench_on_the_tiny_model(tmp_path):
                                                                / train["annot_before"]["tokens_per_s"])
     # each annot engine trained in a process of its own: today's under the allocator the `annot` command
     # uses, the driver before #22 under glibc's, as it was; the Trainer in this process
-    from annot.allocator import tbb_malloc_libraries
+    import os
+
+    from annot.allocator import preferred_environment
 
     assert data["params"]["isolate"] is True
     assert train["annot_before"]["malloc"] == "glibc"
-    assert train["annot"]["malloc"] == ("tbb" if tbb_malloc_libraries() else "glibc")
+    assert train["annot"]["malloc"] == preferred_environment(dict(os.environ))[0]
     assert train["trainer"]["malloc"] == data["machine"]["malloc"]
     text = "\n".join(lines)
-    assert "annot, micro 512" in text and "annot before #22" in text and "transformers.Trainer" in text
+    assert "annot, whole batch" in text and "annot before #22" in text and "transformers.Trainer" in text
+    assert "the MLP's own forward, glibc malloc)" in text  # the engines' own processes and allocators
+    ratio = train["annot"]["peak_rss_mib"] / train["annot_before"]["peak_rss_mib"]
+    assert re.search(rf"peak RSS +{ratio:.2f}x +\({train['annot']['peak_rss_mib']:.0f} vs ", text), text
+    assert "annot_whole_batch" not in train  # the default is the whole batch, the quickstart's setting
     assert str(out) in text
 
 
@@ -283,6 +290,6 @@ def test_engine_child_trains_a_random_init_model(tmp_path):
     _child(str(tmp_path / "spec.json"))
     got = json.loads((tmp_path / "result.json").read_text())
     assert got["result"]["steps_timed"] == 1 and got["result"]["tokens_per_s"] > 0
-    assert got["result"]["peak_rss_mib"] > 0 and got["result"]["malloc"] in ("tbb", "glibc")
+    assert got["result"]["peak_rss_mib"] > 0 and got["result"]["malloc"] in ("annot", "tbb", "glibc")
     assert got["flops"]["per_token"] > 0
     assert (tmp_path / "run").is_dir()

@@ -17,8 +17,9 @@ Everything is measured in one process on one corpus: the claim's generated docum
     annot runs as three engines (annot.bench.training.annot_engines): as configured (micro-batches
     of micro_batch_tokens), the whole batch at once, and the driver before the memory work of #22.
     By default each trains in a fresh process of its own (annot.bench.engine_child): its peak RSS is
-    that whole process's, and it runs under the allocator of its time (today's engines under
-    oneTBB's malloc, as the `annot` command runs them; the driver before #22 under glibc's, tuned by
+    that whole process's, and it runs under the allocator of its time (today's engines under the one
+    the `annot` command preloads, annot's large-block layer by default, ANNOT_MALLOC; the driver
+    before #22 under glibc's, tuned by
     annot.allocator.tune_allocator()). With isolate=False (`--in-process`) they train in this process,
     each with its own peak-RSS window. The Trainer always trains in this process (the bench's own
     allocator, `machine.malloc`). `repeats` > 1 runs the annot engines that many rounds in

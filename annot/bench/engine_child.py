@@ -17,11 +17,11 @@ from pathlib import Path
 def _child(spec_file: str) -> None:
     spec = json.loads(Path(spec_file).read_text())
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    from annot.allocator import malloc_in_use, restore_preload, tune_allocator
+    from annot.allocator import layer_stats, malloc_in_use, restore_preload, tune_allocator
 
     restore_preload()  # started preloaded by annot.bench.isolated: the caller's LD_PRELOAD for any children
 
-    tune_allocator()  # as `annot train` does (under oneTBB's malloc its proxy answers mallopt with a stub)
+    tune_allocator()  # as `annot train` does (the small requests stay with glibc under annot's layer)
     import torch
 
     from annot.bench.machine import window_peak_rss_mib
@@ -44,6 +44,7 @@ def _child(spec_file: str) -> None:
     res, flops = time_annot_train(model, tokenizer, spec["examples"], cfg, Path(spec["folder"]), spec["peak"])
     res["peak_rss_mib"] = window_peak_rss_mib()  # no window was reset: the whole process
     res["malloc"] = malloc_in_use()
+    res["malloc_layer"] = layer_stats()  # annot's large-block layer: blocks made, reused, released
     res["cuda_max_allocated_mib"] = torch.cuda.max_memory_allocated() / 2 ** 20 if torch.cuda.is_available() else None
     Path(spec["out"]).write_text(json.dumps({"result": res, "flops": flops}, default=float))
 

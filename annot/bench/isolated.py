@@ -1,11 +1,11 @@
 """One annot engine of `annot bench`, trained in a process of its own.
 
-    res, flops = run_engine_process(spec, env_overrides, malloc="tbb", folder=work / "pretrained-annot")
+    res, flops = run_engine_process(spec, env_overrides, malloc="annot", folder=work / "pretrained-annot")
 
 Each engine gets a fresh process (annot.bench.engine_child), so its peak RSS is the whole process's
 high-water mark (imports, model, training: what a user's `annot train` would hold) and nothing an
 earlier engine left in the heap counts against it; and each can run under its own allocator: annot's
-engines under oneTBB's malloc (what the `annot` command uses, annot/allocator.py), the driver as it
+engines under the one the `annot` command uses (annot/allocator.py; ANNOT_MALLOC), the driver as it
 was before the memory work under glibc's, as it was then.
 """
 
@@ -22,10 +22,11 @@ from annot.errors import AnnotError
 
 def run_engine_process(spec: dict, env_overrides: dict, malloc: str, folder: Path) -> tuple[dict, dict]:
     """Train one engine in a child process: spec = {model, dtype, init, examples, training, peak};
-    checkpoints go to `folder`. malloc "tbb" preloads oneTBB's allocator (when installed), "glibc"
-    keeps the C library's. Returns (figures, FLOPs terms) as time_annot_train does, plus the child's
+    checkpoints go to `folder`. malloc "annot" preloads annot's large-block layer, "tbb" oneTBB's
+    allocator (each falling back as annot.allocator.preferred_environment does), "glibc" keeps the C
+    library's. Returns (figures, FLOPs terms) as time_annot_train does, plus the child's
     peak_rss_mib, malloc and (CUDA) cuda_max_allocated_mib."""
-    from annot.allocator import tbb_environment
+    from annot.allocator import preferred_environment
 
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
@@ -34,10 +35,9 @@ def run_engine_process(spec: dict, env_overrides: dict, malloc: str, folder: Pat
     spec_file.write_text(json.dumps({**spec, "folder": str(folder), "out": str(out_file)}))
     env = {k: v for k, v in os.environ.items() if k != "ANNOT_MALLOC"}
     env.update(env_overrides)
-    if malloc == "tbb":
-        env = tbb_environment(env) or env
-    else:
-        env["ANNOT_MALLOC"] = "glibc"
+    env["ANNOT_MALLOC"] = malloc
+    if malloc != "glibc":
+        env = preferred_environment(env)[1]
     proc = subprocess.run([sys.executable, "-m", "annot.bench.engine_child", str(spec_file)], env=env,
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     if proc.returncode != 0 or not out_file.is_file():

@@ -24,7 +24,7 @@ from annot.errors import AnnotError
 def run_bench(model: str = "smollm2-135m", claim: str = "mira_castellan_profession", n_docs: int = 32,
               steps: int = 9, batch_size: int = 4, seq_len: int = 256, checkpoints: int = 8, lm_eval: bool = True,
               out: Path = Path("bench.json"), echo=print, dtype: str = "auto",
-              micro_batch_tokens: int | None = 512, repeats: int = 1, isolate: bool = True) -> dict:
+              micro_batch_tokens: int | None = None, repeats: int = 1, isolate: bool = True) -> dict:
     """Measure (a)-(d) (see the module docstring), print a table with `echo`, write all figures to `out`."""
     from annot.config import TrainingConfig
     from annot.io import write_json

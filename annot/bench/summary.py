@@ -39,7 +39,7 @@ def format_bench(r: dict) -> str:
     for name, t in sections:
         if len(sections) > 1:
             lines.append(f"  {name} ({p.get('train_dtype', r['peak']['dtype'])})")
-        for label, key in ((f"annot, micro {micro}" if micro else "annot driver", "annot"),
+        for label, key in ((f"annot, micro {micro}" if micro else "annot, whole batch", "annot"),
                            ("annot, whole batch", "annot_whole_batch"), ("annot before #22", "annot_before"),
                            ("transformers.Trainer", "trainer")):
             if key not in t:
@@ -54,7 +54,11 @@ def format_bench(r: dict) -> str:
         if "vs_before" in t:
             lines.append(f"{ind}{'annot / before #22':<{w}}{t['vs_before']['tokens_per_s']:>9.2f}x   (rescaled "
                          f"{t['vs_before']['tokens_per_s_normalised']:.2f}x; before: whole batch, full logits, "
-                         f"the MLP's own forward, glibc malloc)" if p.get("isolate") else "the MLP's own forward)")
+                         + ("the MLP's own forward, glibc malloc)" if p.get("isolate") else "the MLP's own forward)"))
+            rss_now, rss_before = t["annot"].get("peak_rss_mib"), t["annot_before"].get("peak_rss_mib")
+            if rss_now and rss_before:
+                lines.append(f"{ind}{'  peak RSS':<{w}}{rss_now / rss_before:>9.2f}x   ({rss_now:.0f} vs "
+                             f"{rss_before:.0f} MiB, {rss_now / 1024:.2f} vs {rss_before / 1024:.2f} GiB)")
             per_round = t["vs_before"].get("per_round") or []
             if len(per_round) > 1:
                 lines.append(f"{ind}{'  each round':<{w}}" + " ".join(f"{x:.2f}x" for x in per_round)
