@@ -203,3 +203,27 @@ def test_the_big_threshold_is_configurable(layer):
     default = _json(_run(layer, code))
     assert small["big_min"] == 256 << 10 and small["in_use"] > 0  # 300 KiB: a block of the layer
     assert default["big_min"] == 1 << 20 and default["in_use"] == 0  # below 1 MiB: glibc's
+
+
+def test_under_an_address_space_limit_the_layer_reserves_at_most_half(layer):
+    """`ulimit -v 4 GiB` (RLIMIT_AS): the layer reserves <= 2 GiB of address space, not the 1 TiB it
+    takes otherwise, so the process keeps room for everything else, and large blocks are still its."""
+    import resource
+
+    code = ("import ctypes, json; libc = ctypes.CDLL(None); libc.malloc.restype = ctypes.c_void_p; "
+            "o = (ctypes.c_size_t * 9)(); p = libc.malloc(4 << 20); active = libc.annot_bigblocks_stats(o); "
+            "vm = int([l for l in open('/proc/self/status') if l.startswith('VmSize')][0].split()[1]); "
+            "print(json.dumps({'active': active, 'in_use': o[0], 'vm_kib': vm}))")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ANNOT_MALLOC")}
+    env["LD_PRELOAD"] = layer
+
+    def limit():
+        resource.setrlimit(resource.RLIMIT_AS, (4 << 30, 4 << 30))
+
+    got = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60,
+                         preexec_fn=limit)
+    out = _json(got)
+    assert out["active"] == 1 and out["in_use"] >= 4 << 20
+    assert out["vm_kib"] * 1024 <= 4 << 30
+    free = _json(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60))
+    assert free["active"] == 1 and free["vm_kib"] * 1024 >= 1 << 40  # unlimited: the whole 1 TiB range

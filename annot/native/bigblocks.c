@@ -29,6 +29,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
 
 extern void *__libc_malloc(size_t size);
 extern void __libc_free(void *ptr);
@@ -82,12 +83,16 @@ __attribute__((constructor)) static void bigblocks_init(void) {
     size_t want = env_size("ANNOT_MALLOC_BIG_MIN", (size_t)1 << 20, 1);  /* bytes */
     big_min = want < ((size_t)1 << MIN_SHIFT) ? ((size_t)1 << MIN_SHIFT) : want;
     slack = env_size("ANNOT_MALLOC_SLACK_MIB", 64, (size_t)1 << 20);  /* MiB */
-    size_t sizes[] = {(size_t)1 << 40, (size_t)1 << 37, (size_t)1 << 34};
-    for (int i = 0; i < 3 && !base; i++) {  /* address space only: no memory is committed here */
-        void *p = mmap(NULL, sizes[i], PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    struct rlimit as;                     /* under an address-space limit, take at most half of it */
+    size_t most = (getrlimit(RLIMIT_AS, &as) == 0 && as.rlim_cur != RLIM_INFINITY) ? (size_t)as.rlim_cur / 2
+                                                                                  : (size_t)-1;
+    for (size_t size = (size_t)1 << MAX_SHIFT; size >= ((size_t)1 << 30) && !base; size >>= 1) {
+        if (size > most)                  /* address space only: no memory is committed here */
+            continue;
+        void *p = mmap(NULL, size, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
         if (p != MAP_FAILED) {
             base = bump = p;
-            limit = base + sizes[i];
+            limit = base + size;
         }
     }
     if (!base)
