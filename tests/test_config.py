@@ -75,4 +75,6 @@ def test_cli_rejects_bad_config_before_loading_any_model(tmp_path, text, needle)
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], out.stderr
     assert "Traceback" not in out.stderr
-    assert not cache.exists() and not (tmp_path / "runs").exists()
+    # no model was loaded: the cache holds at most the compiled allocator layer (annot/allocator.py)
+    assert not cache.exists() or {p.name for p in cache.iterdir()} <= {"native"}
+    assert not (tmp_path / "runs").exists()
