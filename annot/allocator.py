@@ -69,7 +69,7 @@ LAYER = "libannot_bigblocks"        # annot's large-block layer, compiled from a
 LAYER_SOURCE = Path(__file__).parent / "native" / "bigblocks.c"
 _PRELOAD_SAVED = "ANNOT_PRELOAD_SAVED"  # the caller's LD_PRELOAD, restored in the re-executed process
 LAYER_KNOBS = {"ANNOT_MALLOC_SLACK_MIB": "MiB", "ANNOT_MALLOC_BIG_MIN": "bytes"}  # read by bigblocks.c
-LAYER_DEFAULTS = {"ANNOT_MALLOC_SLACK_MIB": 64, "ANNOT_MALLOC_BIG_MIN": 1 << 20}
+LAYER_DEFAULTS = {"ANNOT_MALLOC_SLACK_MIB": 64, "ANNOT_MALLOC_BIG_MIN": 128 << 10}
 
 
 def tbb_malloc_libraries() -> list[str] | None:

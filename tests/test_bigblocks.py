@@ -111,12 +111,13 @@ def test_free_blocks_go_back_to_the_kernel_before_the_layer_passes_its_peak(laye
     got = _json(_run(layer, CAP, ANNOT_MALLOC_SLACK_MIB="16"))
     mib = 1 << 20
     f, o, a = got["freed"], got["other"], got["again"]
-    assert f["in_use"] == 0 and f["warm"] >= 100 * mib and f["released_blocks"] == 0
+    assert f["in_use"] < mib and f["warm"] >= 100 * mib and f["released_blocks"] == 0  # (< 1 MiB: the interpreter's)
     assert f["peak_in_use"] >= 100 * mib
-    assert o["released_blocks"] == 1 and o["cold_blocks"] == 1 and o["warm"] == 0
+    # the 100 MiB block released (other warm blocks are the interpreter's own, of >= 128 KiB)
+    assert o["released_blocks"] >= 1 and o["cold_blocks"] >= 1 and o["warm"] <= f["warm"] - 100 * mib
     assert o["in_use"] + o["warm"] <= o["peak_in_use"] + 16 * mib
     assert got["rss_other"] < got["rss_freed"] - 30 * mib
-    assert got["same"] is True and a["cold_blocks"] == 0 and a["new_blocks"] == o["new_blocks"]
+    assert got["same"] is True and a["cold_blocks"] == o["cold_blocks"] - 1 and a["new_blocks"] == o["new_blocks"]
 
 
 CALLS = r"""
@@ -168,7 +169,7 @@ print(json.dumps(out))
 
 def test_malloc_calls_keep_their_meaning(layer):
     got = _json(_run(layer, CALLS))
-    assert got["big_min"] == 1 << 20
+    assert got["big_min"] == 128 << 10
     assert got["usable_ok"] and got["aligned64"]
     assert got["grow_kept"] and got["shrink_same"] and got["small_kept"] and got["small_usable"]
     assert got["memalign64"] and got["memalign4096"]
@@ -199,10 +200,10 @@ def test_the_big_threshold_is_configurable(layer):
     code = ("import json; from annot.allocator import layer_stats; import ctypes; "
             "libc = ctypes.CDLL(None); libc.malloc.restype = ctypes.c_void_p; p = libc.malloc(300 << 10); "
             "print(json.dumps(layer_stats()))")
-    small = _json(_run(layer, code, ANNOT_MALLOC_BIG_MIN=str(256 << 10)))
     default = _json(_run(layer, code))
-    assert small["big_min"] == 256 << 10 and small["in_use"] > 0  # 300 KiB: a block of the layer
-    assert default["big_min"] == 1 << 20 and default["in_use"] == 0  # below 1 MiB: glibc's
+    large = _json(_run(layer, code, ANNOT_MALLOC_BIG_MIN=str(1 << 20)))
+    assert default["big_min"] == 128 << 10 and default["in_use"] > 0  # 300 KiB: a block of the layer
+    assert large["big_min"] == 1 << 20 and large["in_use"] == 0  # below 1 MiB: glibc's
 
 
 def test_under_an_address_space_limit_the_layer_reserves_at_most_half(layer):

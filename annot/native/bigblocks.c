@@ -4,7 +4,7 @@
  * keeps them in its heap, where they interleave with millions of small objects and leave holes that
  * later steps cannot reuse (peak RSS grows), or maps each one on its own and unmaps it on free, so the
  * next step faults and zeroes every page again (slow). This layer takes the large requests only
- * (malloc and posix_memalign of at least ANNOT_MALLOC_BIG_MIN bytes, 1 MiB by default): each gets a
+ * (malloc and posix_memalign of at least ANNOT_MALLOC_BIG_MIN bytes, 128 KiB by default): each gets a
  * block of its own, outside the heap, in one reserved address range; a freed block is kept warm
  * (its pages stay mapped) in a list of its size class and handed to the next request of that class.
  * The memory the layer holds (blocks in use + warm free blocks) never exceeds the highest the blocks in
@@ -57,7 +57,7 @@ enum { IN_USE = 1, WARM = 2, COLD = 3 };
 
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
 static int active;                        /* set once by the constructor */
-static size_t big_min = (size_t)1 << 20;
+static size_t big_min = (size_t)128 << 10;
 static size_t slack = (size_t)64 << 20;
 static char *base, *bump, *limit;         /* the reserved range and its next unused address */
 static struct block *warm[NCLASS], *cold[NCLASS];
@@ -80,7 +80,7 @@ static void before_fork(void) { pthread_mutex_lock(&lock); }
 static void after_fork(void) { pthread_mutex_unlock(&lock); }
 
 __attribute__((constructor)) static void bigblocks_init(void) {
-    size_t want = env_size("ANNOT_MALLOC_BIG_MIN", (size_t)1 << 20, 1);  /* bytes */
+    size_t want = env_size("ANNOT_MALLOC_BIG_MIN", (size_t)128 << 10, 1);  /* bytes */
     big_min = want < ((size_t)1 << MIN_SHIFT) ? ((size_t)1 << MIN_SHIFT) : want;
     slack = env_size("ANNOT_MALLOC_SLACK_MIB", 64, (size_t)1 << 20);  /* MiB */
     struct rlimit as;                     /* under an address-space limit, take at most half of it */
