@@ -17,17 +17,17 @@ Set ANNOT_MALLOC_TUNE=0 to keep the C library's defaults. A no-op off glibc (mac
 
 glibc's heap still fragments: a step's large tensors are interleaved with millions of small C++
 allocations (tensor headers, autograd nodes), so freed activations leave holes that later steps cannot
-reuse; the quickstart's training held ~1.1 GiB of live heap in a ~2.2 GiB arena. oneTBB's scalable
-allocator (the `tbb` wheel, a dependency on Linux x86-64) keeps large blocks apart from small objects;
-`use_tbb_malloc()` re-executes the `annot` command once with it preloaded (LD_PRELOAD must be set
-before the process starts). But oneTBB hands freed blocks of 1-4 MB back to the kernel and faults them
-in again (60-130k page faults per training step). annot's own layer (annot/native/bigblocks.c, the
-default, ANNOT_MALLOC=annot) takes only the large requests: each gets a block of its own outside the
-heap, kept mapped when freed and handed to the next request of its size class; free blocks are given
-back only where the layer would otherwise hold more than the peak of its live blocks plus
-ANNOT_MALLOC_SLACK_MIB (64); everything small stays with glibc. It is compiled
-with the system's C compiler once into $ANNOT_CACHE/native/ (no compiler: oneTBB's malloc, then
-glibc's). Measured with `annot bench` (README, Memory). ANNOT_MALLOC=tbb or glibc picks the others.
+reuse; the quickstart's training held ~1.1 GiB of live heap in a ~2.2 GiB arena. Keeping the large
+blocks apart from the small objects removes the holes. oneTBB's scalable allocator (the `tbb` wheel)
+does that, but hands freed blocks of 1-4 MB back to the kernel and faults them in again (60-130k page
+faults per training step). annot's own layer (annot/native/bigblocks.c, the default,
+ANNOT_MALLOC=annot) takes only the requests of >= 128 KiB (ANNOT_MALLOC_BIG_MIN): each gets a block of
+its own outside the heap, kept mapped when freed and handed to the next request of its size class;
+free blocks are given back only where the layer would otherwise hold more than the peak of its live
+blocks plus ANNOT_MALLOC_SLACK_MIB (64); everything smaller stays with glibc. It is compiled with the
+system's C compiler once into $ANNOT_CACHE/native/ (no compiler: oneTBB's malloc, then glibc's).
+`use_preferred_malloc()` re-executes the `annot` command once with it preloaded (LD_PRELOAD must be
+set before the process starts). Measured with `annot bench` (README, Memory). ANNOT_MALLOC=tbb or glibc picks the others.
 """
 
 from __future__ import annotations
