@@ -27,7 +27,8 @@ free blocks are given back only where the layer would otherwise hold more than t
 blocks plus ANNOT_MALLOC_SLACK_MIB (64); everything smaller stays with glibc. It is compiled with the
 system's C compiler once into $ANNOT_CACHE/native/ (no compiler: oneTBB's malloc, then glibc's).
 `use_preferred_malloc()` re-executes the `annot` command once with it preloaded (LD_PRELOAD must be
-set before the process starts). Measured with `annot bench` (README, Memory). ANNOT_MALLOC=tbb or glibc picks the others.
+set before the process starts). ANNOT_MALLOC=tbb or glibc picks the others. Measured with `annot
+bench` (README, Memory).
 """
 
 from __future__ import annotations
@@ -92,10 +93,8 @@ def tbb_malloc_libraries() -> list[str] | None:
 def _compiler() -> str | None:
     import shutil
 
-    for name in (os.environ.get("CC"), "cc", "gcc", "clang"):
-        if name and shutil.which(name):
-            return shutil.which(name)
-    return None
+    found = (shutil.which(name) for name in (os.environ.get("CC"), "cc", "gcc", "clang") if name)
+    return next((path for path in found if path), None)
 
 
 def layer_library() -> str | None:

@@ -56,7 +56,7 @@ class OneLineGroup(click.Group):
 
             try:
                 use_preferred_malloc()  # re-executes once with annot's large-block layer preloaded (annot/allocator.py)
-            except ValueError as e:  # a misspelt ANNOT_MALLOC
+            except ValueError as e:  # a misspelt ANNOT_MALLOC or layer knob
                 click.echo(f"error: {e}", err=True)
                 sys.exit(2)
         try:

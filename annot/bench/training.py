@@ -214,7 +214,8 @@ def train_pair(make_model: Callable, tokenizer, examples, cfg, work: Path, peak:
     With `spec` ({model, dtype, init, seed}: how to build the model in another process) every annot
     engine trains in a process of its own (annot.bench.isolated): its peak RSS is that process's,
     and it runs under the allocator of its time, the `annot` command's (ANNOT_MALLOC) for today's
-    engines and glibc's for the driver before the memory work. Without it they train here, one after another."""
+    engines and glibc's for the driver before the memory work. Without it they train here, one after
+    another."""
     import torch
 
     cuda = torch.cuda.is_available()
